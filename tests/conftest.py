@@ -16,7 +16,7 @@ from moto import mock_aws
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events"
-BUCKET = "test-ecommerce-pipeline"
+BUCKET = "your-ecommerce-bucket"  # the bucket named in events/*.json
 REGION = "us-east-1"
 
 
