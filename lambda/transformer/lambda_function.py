@@ -1,0 +1,911 @@
+"""Transformer Lambda: validates raw JSON Lines from S3; writes Parquet to processed/, rejects to quarantine/.
+
+Runs on Python 3.12 with the AWSSDKPandas layer for pyarrow; it imports nothing else outside the
+standard library and boto3, so it pastes into the Lambda console as it is.
+
+Design: the object is streamed in blocks of whole lines. Each block is parsed by pyarrow's JSON reader
+and validated with vectorised compute (the fast path). A block that pyarrow cannot read as the contract's
+types (a malformed line, a number where a string belongs, a price with three decimals...) is handled line
+by line by the exact path, which is the reference for every rule; rows the fast path rejects are
+re-checked by it, so both paths give the same reasons. Valid rows are written to one Parquet file per
+UTC date of their timestamp, in row groups, and uploaded; rejects go to one JSON Lines file.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_plus
+
+import boto3
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import ClientError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+_logger = logging.getLogger()
+_logger.setLevel(os.environ.get("LOG_LEVEL", "INFO"))
+
+RAW_PREFIX = "raw/"
+PROCESSED_PREFIX = "processed/transactions/"
+QUARANTINE_PREFIX = "quarantine/"
+METRICS_NAMESPACE = "EcommercePipeline"
+
+# Lines are read from S3 and validated in blocks of about this many bytes: memory stays flat however big
+# the object is, and each block is big enough for pyarrow's reader to run at full speed.
+BLOCK_BYTES = 16 * 1024 * 1024
+# A file that is one JSON document (an array, or one pretty-printed object) has to be parsed whole;
+# beyond this size it is read as JSON Lines instead.
+MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
+
+# ---------------------------------------------------------------------------------------------------
+# The contract's schema (CONTRACT.md). The generator and the DDL in sql/ carry the same lists; a test
+# checks that the three agree.
+
+RAW_FIELDS: tuple[str, ...] = (
+    "transaction_id",
+    "timestamp",
+    "customer_id",
+    "product_id",
+    "product_name",
+    "category",
+    "quantity",
+    "price",
+    "total_amount",
+)
+STRING_FIELDS: tuple[str, ...] = ("transaction_id", "customer_id", "product_id", "product_name", "category")
+MONEY_FIELDS: tuple[str, ...] = ("price", "total_amount")
+MONEY = pa.decimal128(10, 2)
+TIMESTAMP = pa.timestamp("ms", tz="UTC")
+INT32_MAX = 2**31 - 1
+MONEY_MAX = Decimal("99999999.99")
+CENT = Decimal("0.01")
+
+PROCESSED_SCHEMA = pa.schema(
+    [
+        pa.field("transaction_id", pa.string()),
+        pa.field("timestamp", TIMESTAMP),
+        pa.field("customer_id", pa.string()),
+        pa.field("product_id", pa.string()),
+        pa.field("product_name", pa.string()),
+        pa.field("category", pa.string()),
+        pa.field("quantity", pa.int32()),
+        pa.field("price", MONEY),
+        pa.field("total_amount", MONEY),
+        pa.field("hour", pa.int32()),
+        pa.field("day_of_week", pa.int32()),
+    ]
+)
+# What the fast path asks pyarrow to read: anything that does not fit these types sends the block to the
+# exact path. Timestamps are read as text and parsed below, so that both paths accept the same forms.
+_READ_SCHEMA = pa.schema(
+    [
+        pa.field(name, pa.int64() if name == "quantity" else MONEY if name in MONEY_FIELDS else pa.string())
+        for name in RAW_FIELDS
+    ]
+)
+
+REASONS: tuple[str, ...] = (
+    "malformed_json",
+    "not_an_object",
+    "missing_field",
+    "invalid_type",
+    "invalid_timestamp",
+    "invalid_quantity",
+    "invalid_price",
+    "total_mismatch",
+    "duplicate_transaction_id",
+)
+
+# ISO 8601 as both paths accept it: date, T or space, hh:mm[:ss[.fraction]], then Z, ±hh, ±hhmm, ±hh:mm or
+# nothing (read as UTC). [0-9] rather than \d: Python's \d also matches non-ASCII digits.
+_TIMESTAMP_PATTERN = (
+    r"^([1-9][0-9]{3})-([0-9]{2})-([0-9]{2})[T ]([01][0-9]|2[0-3]):([0-5][0-9])"
+    r"(?::([0-5][0-9])(?:\.([0-9]{1,9}))?)?"
+    r"(Z|[+-](?:[01][0-9]|2[0-3])(?::?[0-5][0-9])?)?$"
+)
+_TIMESTAMP_RE = re.compile(_TIMESTAMP_PATTERN)
+_HAS_OFFSET_PATTERN = r"(Z|[+-][0-9]{2}(:?[0-9]{2})?)$"
+# Money given as a string: the decimal forms pyarrow's decimal reader accepts ("24.99", "+5", ".5", "1e2").
+_MONEY_STRING_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_PARTITION_RE = re.compile(r"(?:^|/)year=([0-9]{4})/month=([0-9]{2})/day=([0-9]{2})/")
+
+
+class TransformerError(RuntimeError):
+    """A failure that is not a bad record: it raises out of the handler so that Lambda retries."""
+
+
+class EventError(TransformerError):
+    """The invoking event is not an S3 notification this function understands."""
+
+
+class _NeedsExactPathError(Exception):
+    """pyarrow could not read a block as the contract's types: handle it line by line instead."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Configuration: read from the environment in one place.
+
+
+@dataclass(frozen=True)
+class Config:
+    output_bucket: str | None
+
+
+def load_config(env: Mapping[str, str]) -> Config:
+    """BUCKET_NAME is optional: without it, output goes to the bucket the event came from."""
+    bucket = env.get("BUCKET_NAME", "").strip()
+    if bucket and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+        raise TransformerError(f"BUCKET_NAME is not a valid S3 bucket name: {bucket!r}")
+    return Config(output_bucket=bucket or None)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Events and keys
+
+
+@dataclass(frozen=True)
+class S3Object:
+    bucket: str
+    key: str
+
+
+def objects_from_event(event: Mapping[str, Any]) -> tuple[list[S3Object], list[dict[str, str]]]:
+    """The raw objects an S3 notification asks to process, and what it asks that is skipped (and why)."""
+    if event.get("Event") == "s3:TestEvent":
+        return [], [{"reason": "s3:TestEvent", "key": ""}]
+    records = event.get("Records")
+    if not isinstance(records, list):
+        raise EventError(
+            "event has no 'Records' list: this function expects an S3 ObjectCreated notification "
+            f"(top-level fields: {sorted(event)[:10]})"
+        )
+    objects: list[S3Object] = []
+    skipped: list[dict[str, str]] = []
+    for index, record in enumerate(records):
+        try:
+            source = record.get("eventSource")
+            name = str(record.get("eventName", ""))
+            bucket = record["s3"]["bucket"]["name"]
+            key = unquote_plus(record["s3"]["object"]["key"])
+        except (AttributeError, KeyError, TypeError) as e:
+            raise EventError(f"event record {index} lacks s3.bucket.name or s3.object.key") from e
+        if source != "aws:s3" or not name.startswith("ObjectCreated:"):
+            skipped.append({"reason": f"not an S3 ObjectCreated event ({source}, {name})", "key": key})
+        elif not key.startswith(RAW_PREFIX):
+            skipped.append({"reason": f"key outside {RAW_PREFIX}", "key": key})
+        elif not key.endswith(".json"):
+            skipped.append({"reason": "key does not end in .json", "key": key})
+        else:
+            objects.append(S3Object(bucket=bucket, key=key))
+    return objects, skipped
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """Where one raw object's output goes; every key derives only from the raw key."""
+
+    stem: str
+    quarantine_date: date
+
+    def processed_key(self, day: date) -> str:
+        return f"{PROCESSED_PREFIX}{_partition(day)}/{self.stem}.parquet"
+
+    def quarantine_key(self) -> str:
+        return f"{QUARANTINE_PREFIX}{_partition(self.quarantine_date)}/{self.stem}.jsonl"
+
+
+def _partition(day: date) -> str:
+    return f"year={day.year:04d}/month={day.month:02d}/day={day.day:02d}"
+
+
+def plan_outputs(raw_key: str, processing_date: date) -> OutputPlan:
+    """The stem is the file name without .json; the quarantine date is the raw key's, else today's."""
+    name = raw_key.rsplit("/", 1)[-1]
+    stem = name.removesuffix(".json")
+    match = _PARTITION_RE.search(raw_key)
+    quarantine_date = processing_date
+    if match:
+        try:
+            quarantine_date = date(int(match[1]), int(match[2]), int(match[3]))
+        except ValueError:
+            quarantine_date = processing_date
+    return OutputPlan(stem=stem, quarantine_date=quarantine_date)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The exact path: one record at a time. It defines every rule; the fast path must agree with it.
+
+
+@dataclass(frozen=True)
+class Reject:
+    reason: str
+    detail: str
+
+
+Row = tuple[str, datetime, str, str, str, str, int, Decimal, Decimal]
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float | Decimal):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_timestamp(text: str) -> datetime | None:
+    """An ISO 8601 timestamp as a UTC datetime floored to the millisecond, or None if it does not parse."""
+    match = _TIMESTAMP_RE.match(text)
+    if not match:
+        return None
+    year, month, day, hour, minute = (int(match[i]) for i in range(1, 6))
+    second = int(match[6] or 0)
+    millis = int((match[7] or "0").ljust(3, "0")[:3])
+    zone = match[8]
+    offset = timedelta(0)
+    if zone and zone != "Z":
+        digits = zone[1:].replace(":", "")
+        offset = timedelta(hours=int(digits[:2]), minutes=int(digits[2:4] or 0))
+        if zone[0] == "-":
+            offset = -offset
+    try:
+        local = datetime(year, month, day, hour, minute, second, millis * 1000, tzinfo=timezone(offset))
+        return local.astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
+
+
+def _money(name: str, value: Any) -> Decimal | Reject:
+    if isinstance(value, bool) or not isinstance(value, int | Decimal | str):
+        return Reject("invalid_type", f"{name} must be a number or a numeric string, got {_json_type(value)}")
+    if isinstance(value, str):
+        if not _MONEY_STRING_RE.fullmatch(value):
+            return Reject("invalid_type", f"{name} is a string that is not a number: {value[:40]!r}")
+        value = Decimal(value)
+    amount = Decimal(value)
+    if amount < 0:
+        return Reject("invalid_price", f"{name} is negative: {amount}")
+    try:
+        exact = amount == amount.quantize(CENT)
+    except InvalidOperation:
+        exact = False
+    if not exact or amount > MONEY_MAX:
+        problem = "has more than two decimals" if amount <= MONEY_MAX else "does not fit decimal(10,2)"
+        return Reject("invalid_price", f"{name} {problem}: {value}")
+    return amount.quantize(CENT)
+
+
+def _presence_and_types(obj: Mapping[str, Any]) -> Reject | None:
+    """Every field present and not blank (missing_field), then of a JSON type it may have (invalid_type)."""
+    for name in RAW_FIELDS:
+        value = obj.get(name)
+        if value is None:
+            return Reject("missing_field", f"{name} is {'null' if name in obj else 'absent'}")
+        if isinstance(value, str) and name not in MONEY_FIELDS and not value.strip():
+            return Reject("missing_field", f"{name} is empty")
+    for name in (*STRING_FIELDS, "timestamp"):
+        if not isinstance(obj[name], str):
+            return Reject("invalid_type", f"{name} must be a string, got {_json_type(obj[name])}")
+    quantity = obj["quantity"]
+    if isinstance(quantity, bool) or not isinstance(quantity, int | Decimal):
+        return Reject("invalid_type", f"quantity must be a number, got {_json_type(quantity)}")
+    for name in MONEY_FIELDS:
+        value = obj[name]
+        if isinstance(value, bool) or not isinstance(value, int | Decimal | str):
+            return Reject(
+                "invalid_type", f"{name} must be a number or a numeric string, got {_json_type(value)}"
+            )
+    return None
+
+
+def validate_record(obj: Mapping[str, Any]) -> Row | Reject:
+    """Check one parsed object against the contract; the first failing rule gives the reason."""
+    problem = _presence_and_types(obj)
+    if problem is not None:
+        return problem
+    timestamp = parse_timestamp(obj["timestamp"])
+    if timestamp is None:
+        return Reject("invalid_timestamp", f"timestamp does not parse as ISO 8601: {obj['timestamp'][:60]!r}")
+    quantity = obj["quantity"]
+    if quantity != int(quantity) or not 1 <= quantity <= INT32_MAX:
+        return Reject(
+            "invalid_quantity", f"quantity must be a whole number from 1 to {INT32_MAX}: {quantity}"
+        )
+    price = _money("price", obj["price"])
+    if isinstance(price, Reject):
+        return price
+    total = _money("total_amount", obj["total_amount"])
+    if isinstance(total, Reject):
+        return total
+    if total != price * int(quantity):
+        return Reject("total_mismatch", f"total_amount {total} != price {price} x quantity {int(quantity)}")
+    return (
+        obj["transaction_id"],
+        timestamp,
+        obj["customer_id"],
+        obj["product_id"],
+        obj["product_name"],
+        obj["category"],
+        int(quantity),
+        price,
+        total,
+    )
+
+
+def validate_line(text: str) -> Row | Reject:
+    """One JSON Lines line through every rule of the contract."""
+    try:
+        obj = json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as e:
+        return Reject("malformed_json", f"not valid JSON: {e}")
+    if not isinstance(obj, dict):
+        return Reject("not_an_object", f"a JSON {_json_type(obj)}, not an object")
+    return validate_record(obj)
+
+
+def rows_to_table(rows: list[Row]) -> pa.Table:
+    """Validated rows as a table of the contract's types (before the derived columns)."""
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in RAW_FIELDS]
+    types = [pa.string(), TIMESTAMP, *(pa.string(),) * 4, pa.int32(), MONEY, MONEY]
+    return pa.table(
+        [pa.array(column, type=t) for column, t in zip(columns, types, strict=True)], names=list(RAW_FIELDS)
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Blocks: lines in, (valid table, rejects) out.
+
+
+@dataclass
+class RejectedLine:
+    line: int
+    reason: str
+    detail: str
+    record: str
+
+
+@dataclass
+class BlockResult:
+    table: pa.Table  # RAW_FIELDS with the contract's types, valid rows only, in input order
+    lines: list[int]  # the file line number of each row of `table`
+    rejects: list[RejectedLine]
+    fast: bool
+    text_of: Callable[[int], str]  # the original text of a file line (or array element), by its number
+
+
+def _decode(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace").rstrip("\r")
+
+
+def _line_lookup(block: bytes, first_line: int) -> Callable[[int], str]:
+    """Original line text by file line number, splitting the block only if a line is asked for."""
+    split: list[list[bytes]] = []
+
+    def text_of(number: int) -> str:
+        if not split:
+            split.append(block.split(b"\n"))
+        return _decode(split[0][number - first_line])
+
+    return text_of
+
+
+def _nonblank_lines(block: bytes, first_line: int) -> list[tuple[int, bytes]]:
+    return [(first_line + i, raw) for i, raw in enumerate(block.split(b"\n")) if raw.strip()]
+
+
+def exact_block(block: bytes, first_line: int) -> BlockResult:
+    """Every line through validate_line: slower, and the reference for every rule."""
+    rows: list[Row] = []
+    numbers: list[int] = []
+    rejects: list[RejectedLine] = []
+    for number, raw in _nonblank_lines(block, first_line):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            rejects.append(RejectedLine(number, "malformed_json", f"not valid UTF-8: {e}", _decode(raw)))
+            continue
+        result = validate_line(text.rstrip("\r"))
+        if isinstance(result, Reject):
+            rejects.append(RejectedLine(number, result.reason, result.detail, text.rstrip("\r")))
+        else:
+            rows.append(result)
+            numbers.append(number)
+    return BlockResult(rows_to_table(rows), numbers, rejects, False, _line_lookup(block, first_line))
+
+
+def _parse_timestamps(text: pa.Array) -> pa.Array:
+    """Timestamp strings to timestamp(ms, UTC); null where a value does not parse."""
+    syntax_ok = pc.match_substring_regex(text, _TIMESTAMP_PATTERN)
+    has_offset = pc.match_substring_regex(text, _HAS_OFFSET_PATTERN)
+    with_zone = pc.if_else(has_offset, text, pc.binary_join_element_wise(text, "Z", ""))
+    candidates = pc.if_else(syntax_ok, with_zone, pa.scalar(None, pa.string()))
+    try:
+        parsed = pc.cast(candidates, pa.timestamp("ns", tz="UTC"))
+        return pc.cast(pc.floor_temporal(parsed, unit="millisecond"), TIMESTAMP)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        # A calendar error (Feb 30) or a year past 2262 (nanoseconds overflow): parse this block's
+        # timestamps one by one; the rest of the block stays vectorised.
+        return pa.array([parse_timestamp(v) if v is not None else None for v in text.to_pylist()], TIMESTAMP)
+
+
+def fast_block(block: bytes, first_line: int) -> BlockResult:
+    """pyarrow's JSON reader and vectorised checks; _NeedsExactPathError when a block needs the exact path."""
+    try:
+        table = pa_json.read_json(
+            pa.BufferReader(block),
+            parse_options=pa_json.ParseOptions(
+                explicit_schema=_READ_SCHEMA, unexpected_field_behavior="ignore"
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise _NeedsExactPathError(str(e)) from None
+    line_count = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+    nonblank: list[tuple[int, bytes]] | None = None
+    if table.num_rows != line_count:
+        # Blank lines (pyarrow skips them) or several objects on one line (the exact path rejects that).
+        nonblank = _nonblank_lines(block, first_line)
+        if table.num_rows != len(nonblank):
+            raise _NeedsExactPathError("row count differs from non-blank line count")
+    table = table.combine_chunks()
+
+    timestamps = _parse_timestamps(
+        table["timestamp"].chunk(0) if table.num_rows else pa.array([], pa.string())
+    )
+    quantity = table["quantity"]
+    price = table["price"]
+    total = table["total_amount"]
+    checks = [pc.is_valid(table[name]) for name in RAW_FIELDS]
+    checks += [pc.invert(pc.equal(pc.utf8_trim_whitespace(table[name]), "")) for name in STRING_FIELDS]
+    checks += [
+        pc.invert(pc.equal(pc.utf8_trim_whitespace(table["timestamp"]), "")),
+        pc.is_valid(timestamps),
+        pc.greater_equal(quantity, 1),
+        pc.less_equal(quantity, INT32_MAX),
+        pc.greater_equal(price, pa.scalar(Decimal(0), MONEY)),
+        pc.greater_equal(total, pa.scalar(Decimal(0), MONEY)),
+        pc.equal(total, pc.multiply(price, pc.cast(quantity, pa.decimal128(19, 0)))),
+    ]
+    valid = functools.reduce(pc.and_kleene, checks)
+    valid = pc.fill_null(valid, False)
+
+    if nonblank is None:
+        numbers = pa.array(range(first_line, first_line + table.num_rows), pa.int64())
+    else:
+        numbers = pa.array([number for number, _ in nonblank], pa.int64())
+    rejects: list[RejectedLine] = []
+    bad = pc.indices_nonzero(pc.invert(valid)).to_pylist()
+    if bad:
+        nonblank = nonblank or _nonblank_lines(block, first_line)
+        for index in bad:
+            number, raw = nonblank[index]
+            text = _decode(raw)
+            result = validate_line(text)
+            if not isinstance(result, Reject):
+                # The paths disagree on this row: trust the exact path for the whole block.
+                _logger.warning("fast and exact validation disagree", extra={"line": number})
+                raise _NeedsExactPathError(f"line {number}: fast path rejected a row the exact path accepts")
+            rejects.append(RejectedLine(number, result.reason, result.detail, text))
+
+    good = pa.table(
+        [
+            table["transaction_id"],
+            timestamps,
+            *(table[name] for name in STRING_FIELDS[1:]),
+            pc.cast(quantity, pa.int32(), safe=False),
+            price,
+            total,
+        ],
+        names=list(RAW_FIELDS),
+    ).filter(valid)
+    lines = pc.filter(numbers, valid).to_pylist()
+    return BlockResult(good, lines, rejects, True, _line_lookup(block, first_line))
+
+
+def validate_block(block: bytes, first_line: int) -> BlockResult:
+    """The fast path when pyarrow can read the block as the contract's types, else the exact path."""
+    try:
+        return fast_block(block, first_line)
+    except _NeedsExactPathError:
+        return exact_block(block, first_line)
+
+
+def derive_columns(table: pa.Table) -> pa.Table:
+    """Add hour (0-23) and day_of_week (0 = Monday) of the UTC timestamp, in the contract's column order."""
+    ts = table["timestamp"]
+    hour = pc.cast(pc.hour(ts), pa.int32())
+    weekday = pc.cast(pc.day_of_week(ts, count_from_zero=True, week_start=1), pa.int32())
+    return table.append_column("hour", hour).append_column("day_of_week", weekday).cast(PROCESSED_SCHEMA)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The whole object: stream of bytes in, Parquet and quarantine files out.
+
+
+def iter_blocks(chunks: Iterable[bytes], block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, bytes]]:
+    """Regroup arbitrary byte chunks into blocks of whole lines, with each block's first line number."""
+    pending = bytearray()
+    line = 1
+    for chunk in chunks:
+        pending += chunk
+        if len(pending) < block_bytes:
+            continue
+        cut = pending.rfind(b"\n")
+        if cut < 0:
+            continue
+        block = bytes(pending[: cut + 1])
+        del pending[: cut + 1]
+        yield line, block
+        line += block.count(b"\n")
+    if pending:
+        yield line, bytes(pending)
+
+
+class SeenIds:
+    """transaction_ids accepted so far in one file, with the line that carried each."""
+
+    def __init__(self) -> None:
+        self._first_line: dict[str, int] = {}
+
+    def split(
+        self, table: pa.Table, lines: list[int]
+    ) -> tuple[pa.Table, list[int], list[tuple[int, int, str]]]:
+        """Keep first occurrences; return (kept table, kept lines, [(row index, first line, id)] dropped)."""
+        keep: list[bool] = []
+        dropped: list[tuple[int, int, str]] = []
+        first_line = self._first_line
+        for index, (tid, number) in enumerate(zip(table["transaction_id"].to_pylist(), lines, strict=True)):
+            earlier = first_line.get(tid)
+            if earlier is None:
+                first_line[tid] = number
+                keep.append(True)
+            else:
+                dropped.append((index, earlier, tid))
+                keep.append(False)
+        if not dropped:
+            return table, lines, []
+        mask = pa.array(keep)
+        kept_lines = [n for n, k in zip(lines, keep, strict=True) if k]
+        return table.filter(mask), kept_lines, dropped
+
+
+@dataclass
+class TransformResult:
+    records_read: int = 0
+    rows_written: int = 0
+    quarantined: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    processed_files: dict[date, Path] = field(default_factory=dict)
+    processed_rows: dict[date, int] = field(default_factory=dict)
+    quarantine_file: Path | None = None
+    fast_blocks: int = 0
+    exact_blocks: int = 0
+
+
+class _Outputs:
+    """Parquet writers, one per UTC date, and the quarantine file, all in a local working directory."""
+
+    def __init__(self, workdir: Path, source_key: str, result: TransformResult) -> None:
+        self.workdir = workdir
+        self.source_key = source_key
+        self.result = result
+        self._writers: dict[date, pq.ParquetWriter] = {}
+        self._quarantine: Any = None
+
+    def write_rows(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        days = pc.cast(table["timestamp"], pa.date32())
+        for day in pc.unique(days).to_pylist():
+            part = table.filter(pc.equal(days, pa.scalar(day, pa.date32())))
+            writer = self._writers.get(day)
+            if writer is None:
+                path = self.workdir / f"{day.isoformat()}.parquet"
+                writer = pq.ParquetWriter(
+                    path, PROCESSED_SCHEMA, compression="snappy", coerce_timestamps="ms", version="2.6"
+                )
+                self._writers[day] = writer
+                self.result.processed_files[day] = path
+                self.result.processed_rows[day] = 0
+            writer.write_table(part)
+            self.result.processed_rows[day] += part.num_rows
+            self.result.rows_written += part.num_rows
+
+    def write_reject(self, line: int, reason: str, detail: str, record: str) -> None:
+        if self._quarantine is None:
+            path = self.workdir / "quarantine.jsonl"
+            self._quarantine = path.open("w", encoding="utf-8")
+            self.result.quarantine_file = path
+        entry = {
+            "source_key": self.source_key,
+            "line": line,
+            "reason": reason,
+            "detail": detail,
+            "record": record,
+        }
+        self._quarantine.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        self.result.quarantined += 1
+        self.result.reasons[reason] = self.result.reasons.get(reason, 0) + 1
+
+    def close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        if self._quarantine is not None:
+            self._quarantine.close()
+
+
+def _document_records(document: bytes) -> list[Any] | None:
+    """The records of a file that is one JSON array or one JSON object, or None if it is not one."""
+    try:
+        parsed = json.loads(document, parse_float=Decimal, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(parsed, list):
+        return parsed
+    if isinstance(parsed, dict):
+        return [parsed]
+    return None
+
+
+def _is_json(text: bytes) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def transform_stream(
+    chunks: Iterable[bytes],
+    source_key: str,
+    workdir: Path,
+    size_hint: int | None = None,
+    block_bytes: int = BLOCK_BYTES,
+) -> TransformResult:
+    """Validate and convert one raw object, read as a stream of byte chunks, into files under `workdir`.
+
+    JSON Lines is streamed block by block. A file whose first line is not a JSON value by itself but that
+    starts like one ("[" or a pretty-printed "{") is read whole as one JSON document (files uploaded by
+    hand); if that fails too, it is read as JSON Lines and its bad lines are quarantined.
+    """
+    result = TransformResult()
+    outputs = _Outputs(workdir, source_key, result)
+    seen = SeenIds()
+    rest = iter(chunks)
+    try:
+        head = b""
+        for chunk in rest:
+            head += chunk
+            content = head.lstrip()
+            if (content and b"\n" in content) or len(head) >= block_bytes:
+                break
+        content = head.lstrip()
+        first_line = content.split(b"\n", 1)[0]
+        small = size_hint is None or size_hint <= MAX_DOCUMENT_BYTES
+        if small and content[:1] in (b"[", b"{") and (content[:1] == b"[" or not _is_json(first_line)):
+            head += b"".join(rest)
+            rest = iter(())
+            records = _document_records(head)
+            if records is not None:
+                _transform_records(records, outputs, seen, result)
+                return result
+        _transform_lines(_prepend(head, rest), outputs, seen, result, block_bytes)
+        return result
+    finally:
+        outputs.close()
+
+
+def _prepend(head: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    if head:
+        yield head
+    yield from rest
+
+
+def _transform_lines(
+    chunks: Iterable[bytes], outputs: _Outputs, seen: SeenIds, result: TransformResult, block_bytes: int
+) -> None:
+    for first_line, block in iter_blocks(chunks, block_bytes):
+        block_result = validate_block(block, first_line)
+        if block_result.fast:
+            result.fast_blocks += 1
+        else:
+            result.exact_blocks += 1
+        _emit(block_result, outputs, seen, result)
+
+
+def _transform_records(records: list[Any], outputs: _Outputs, seen: SeenIds, result: TransformResult) -> None:
+    """A hand-uploaded file holding one object or one array: element n is reported as line n."""
+    rows: list[Row] = []
+    numbers: list[int] = []
+    rejects: list[RejectedLine] = []
+    texts = [json.dumps(element, ensure_ascii=False, default=str) for element in records]
+    for number, (element, text) in enumerate(zip(records, texts, strict=True), start=1):
+        if not isinstance(element, dict):
+            rejects.append(
+                RejectedLine(number, "not_an_object", f"a JSON {_json_type(element)}, not an object", text)
+            )
+            continue
+        checked = validate_record(element)
+        if isinstance(checked, Reject):
+            rejects.append(RejectedLine(number, checked.reason, checked.detail, text))
+        else:
+            rows.append(checked)
+            numbers.append(number)
+    result.exact_blocks += 1
+    block = BlockResult(rows_to_table(rows), numbers, rejects, False, lambda number: texts[number - 1])
+    _emit(block, outputs, seen, result)
+
+
+def _emit(block: BlockResult, outputs: _Outputs, seen: SeenIds, result: TransformResult) -> None:
+    result.records_read += block.table.num_rows + len(block.rejects)
+    kept, _, dropped = seen.split(block.table, block.lines)
+    rejects = list(block.rejects)
+    for index, earlier, tid in dropped:
+        number = block.lines[index]
+        detail = f"transaction_id {tid!r} was first seen on line {earlier}"
+        rejects.append(RejectedLine(number, "duplicate_transaction_id", detail, block.text_of(number)))
+    if dropped:
+        rejects.sort(key=lambda r: r.line)
+    for reject in rejects:
+        outputs.write_reject(reject.line, reject.reason, reject.detail, reject.record)
+    outputs.write_rows(derive_columns(kept))
+
+
+# ---------------------------------------------------------------------------------------------------
+# S3 edge
+
+
+@functools.cache
+def s3_client() -> S3Client:
+    """One client per container, created on first use. Standard retry mode retries throttling (503
+    SlowDown) and transient errors with backoff; anything still failing raises so that Lambda retries."""
+    client: S3Client = boto3.client(
+        "s3",
+        config=BotoConfig(
+            retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=60
+        ),
+    )
+    return client
+
+
+def _chunks(body: Any, chunk_bytes: int = 1024 * 1024) -> Iterator[bytes]:
+    yield from body.iter_chunks(chunk_bytes)
+
+
+def process_object(
+    s3: S3Client,
+    obj: S3Object,
+    output_bucket: str,
+    now: datetime,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, Any] | None:
+    """Read one raw object, transform it and upload the outputs. None when the object no longer exists."""
+    started = clock()
+    plan = plan_outputs(obj.key, now.date())
+    where = f"s3://{obj.bucket}/{obj.key}"
+    try:
+        response = s3.get_object(Bucket=obj.bucket, Key=obj.key)
+    except ClientError as e:
+        code = e.response.get("Error", {}).get("Code", "")
+        if code in ("NoSuchKey", "404"):
+            _logger.warning(
+                "raw object is gone, skipped", extra={"source_key": obj.key, "bucket": obj.bucket}
+            )
+            return None
+        raise TransformerError(f"cannot read {where}: {code or e}") from e
+    size = int(response.get("ContentLength", 0))
+    with tempfile.TemporaryDirectory(prefix="transform-") as tmp:
+        workdir = Path(tmp)
+        try:
+            result = transform_stream(_chunks(response["Body"]), obj.key, workdir, size_hint=size)
+        except ClientError as e:
+            raise TransformerError(f"failed while reading {where}: {e}") from e
+        written: list[str] = []
+        for day, path in sorted(result.processed_files.items()):
+            key = plan.processed_key(day)
+            _upload(s3, path, output_bucket, key, "application/vnd.apache.parquet")
+            written.append(key)
+        if result.quarantine_file is not None:
+            key = plan.quarantine_key()
+            _upload(s3, result.quarantine_file, output_bucket, key, "application/x-ndjson")
+            written.append(key)
+    summary: dict[str, Any] = {
+        "source_key": obj.key,
+        "records_read": result.records_read,
+        "rows_written": result.rows_written,
+        "quarantined": result.quarantined,
+        "reasons": dict(sorted(result.reasons.items())),
+        "outputs": written,
+        "raw_bytes": size,
+        "fast_blocks": result.fast_blocks,
+        "exact_blocks": result.exact_blocks,
+        "duration_ms": round((clock() - started) * 1000, 1),
+    }
+    if result.rows_written + result.quarantined != result.records_read:
+        raise TransformerError(f"record count does not reconcile for {where}: {summary}")
+    return summary
+
+
+def _upload(s3: S3Client, path: Path, bucket: str, key: str, content_type: str) -> None:
+    try:
+        with path.open("rb") as f:
+            s3.put_object(Bucket=bucket, Key=key, Body=f, ContentType=content_type)
+    except ClientError as e:
+        code = e.response.get("Error", {}).get("Code", "")
+        raise TransformerError(f"cannot write s3://{bucket}/{key}: {code or e}") from e
+
+
+def metrics_line(summary: Mapping[str, Any], at: datetime) -> str:
+    """One CloudWatch Embedded Metric Format record (namespace EcommercePipeline, no dimensions)."""
+    metrics = {
+        "RecordsRead": (summary["records_read"], "Count"),
+        "RecordsWritten": (summary["rows_written"], "Count"),
+        "RecordsQuarantined": (summary["quarantined"], "Count"),
+        "RawBytes": (summary["raw_bytes"], "Bytes"),
+        "FilesProcessed": (1, "Count"),
+    }
+    document: dict[str, Any] = {
+        "_aws": {
+            "Timestamp": int(at.timestamp() * 1000),
+            "CloudWatchMetrics": [
+                {
+                    "Namespace": METRICS_NAMESPACE,
+                    "Dimensions": [[]],
+                    "Metrics": [{"Name": name, "Unit": unit} for name, (_, unit) in metrics.items()],
+                }
+            ],
+        },
+        "source_key": summary["source_key"],
+    }
+    document.update({name: value for name, (value, _) in metrics.items()})
+    return json.dumps(document)
+
+
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """S3 ObjectCreated entry point: every record of the event is processed, or the invocation raises."""
+    config = load_config(os.environ)
+    objects, skipped = objects_from_event(event)
+    for skip in skipped:
+        _logger.info("skipped", extra=skip)
+    processed: list[dict[str, Any]] = []
+    for obj in objects:
+        now = datetime.now(UTC)
+        try:
+            summary = process_object(s3_client(), obj, config.output_bucket or obj.bucket, now)
+        except Exception:
+            _logger.exception("transform failed", extra={"source_key": obj.key, "bucket": obj.bucket})
+            raise
+        if summary is None:
+            skipped.append({"reason": "object no longer exists", "key": obj.key})
+            continue
+        _logger.info("transformed", extra=summary)
+        sys.stdout.write(metrics_line(summary, now) + "\n")
+        processed.append(summary)
+    return {"processed": processed, "skipped": skipped}
