@@ -1,0 +1,198 @@
+"""Drive the real handlers as AWS would: a five-minute schedule, then one S3 event per object written."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from local.events import iso_z, s3_put_event, scheduled_event
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+_logger = logging.getLogger(__name__)
+
+TICK = timedelta(minutes=5)
+
+
+@dataclass
+class RunSummary:
+    """What a simulated schedule did, as the handlers reported it."""
+
+    ticks: int = 0
+    raw_files: int = 0
+    records_generated: int = 0
+    records_read: int = 0
+    rows_written: int = 0
+    quarantined: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    bad_files: list[str] = field(default_factory=list)
+
+
+def schedule(end: datetime, days: float) -> list[datetime]:
+    """The ticks of a rate(5 minutes) rule over `days` days ending at `end` (both ends on the grid)."""
+    if days <= 0:
+        raise ValueError(f"days must be positive, got {days}")
+    end = end.astimezone(UTC).replace(second=0, microsecond=0)
+    end -= timedelta(minutes=end.minute % 5)
+    count = round(timedelta(days=days) / TICK)
+    if count < 1:
+        raise ValueError(f"{days} days is shorter than one five-minute tick")
+    return [end - TICK * i for i in range(count - 1, -1, -1)]
+
+
+def s3_event_for(s3: S3Client, bucket: str, key: str, at: datetime) -> dict[str, Any]:
+    """The notification S3 would send for an object that now exists (size and ETag read back from S3)."""
+    head = s3.head_object(Bucket=bucket, Key=key)
+    sequencer = f"{int(at.timestamp() * 1_000_000):016X}"
+    return s3_put_event(
+        bucket,
+        key=key,
+        size=int(head["ContentLength"]),
+        etag=head["ETag"],
+        sequencer=sequencer,
+        event_time=at,
+    )
+
+
+def bad_batch(tick: datetime, rng: random.Random, earlier: dict[str, Any] | None) -> bytes:
+    """A hand-uploaded file with one good record, a duplicate of a record from another file, and bad lines.
+
+    Each bad line fails one rule of the contract, so quarantine shows every common reason.
+    """
+    moment = tick - timedelta(minutes=2)
+    good = {
+        "transaction_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        "timestamp": iso_z(moment, milliseconds=True),
+        "customer_id": "CUST-00001",
+        "product_id": "PROD-0001",
+        "product_name": "Wireless Mouse",
+        "category": "Electronics",
+        "quantity": 2,
+        "price": 24.99,
+        "total_amount": 49.98,
+    }
+    missing = {k: v for k, v in good.items() if k != "customer_id"}
+    lines = [
+        json.dumps(good),
+        '{"transaction_id": "truncated-by-a-broken-client", "timestamp": "2026-11-',
+        json.dumps(["an", "array", "is", "not", "a", "transaction"]),
+        json.dumps({**missing, "transaction_id": str(uuid.UUID(int=rng.getrandbits(128), version=4))}),
+        json.dumps(
+            {**good, "transaction_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)), "price": -24.99}
+        ),
+        json.dumps(
+            {
+                **good,
+                "transaction_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                "total_amount": 50,
+            }
+        ),
+        json.dumps(
+            {
+                **good,
+                "transaction_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                "timestamp": "yesterday",
+            }
+        ),
+        json.dumps(good),  # the same transaction twice in one file
+    ]
+    if earlier is not None:
+        lines.append(json.dumps(earlier))  # a transaction another file already delivered
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def first_record(s3: S3Client, bucket: str, key: str) -> dict[str, Any] | None:
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
+    for line in body.splitlines():
+        if line.strip():
+            record: dict[str, Any] = json.loads(line)
+            return record
+    return None
+
+
+def _add(summary: RunSummary, result: dict[str, Any]) -> None:
+    for item in result.get("processed", []):
+        summary.records_read += int(item["records_read"])
+        summary.rows_written += int(item["rows_written"])
+        summary.quarantined += int(item["quarantined"])
+        for reason, count in item.get("reasons", {}).items():
+            summary.reasons[reason] = summary.reasons.get(reason, 0) + int(count)
+
+
+def bad_file_ticks(ticks: list[datetime], count: int) -> set[datetime]:
+    """Spread `count` hand uploads evenly over the schedule (never on the first tick)."""
+    if count <= 0 or len(ticks) < 2:
+        return set()
+    step = len(ticks) / (count + 1)
+    return {ticks[max(1, round(step * (i + 1)))] for i in range(count)}
+
+
+def run_schedule(
+    s3: S3Client,
+    bucket: str,
+    generator: ModuleType,
+    transformer: ModuleType,
+    ticks: list[datetime],
+    *,
+    bad_files: int = 0,
+    seed: int | None = None,
+    on_tick: Callable[[RunSummary], None] | None = None,
+) -> RunSummary:
+    """Invoke the generator at every tick and the transformer for every object written to raw/.
+
+    The handlers read their configuration (BUCKET_NAME, TRANSACTIONS_PER_RUN, RANDOM_SEED) and
+    their S3 endpoint from the environment, exactly as on Lambda; `s3` is only used to read back
+    object metadata for the S3 events, and to upload the hand-written bad files.
+    """
+    summary = RunSummary()
+    rng = random.Random(f"bad-files:{seed}")
+    bad_at = bad_file_ticks(ticks, bad_files)
+    earlier: dict[str, Any] | None = None
+    for tick in ticks:
+        generated = generator.lambda_handler(scheduled_event(tick), None)
+        summary.ticks += 1
+        summary.raw_files += 1
+        summary.records_generated += int(generated["count"])
+        key = str(generated["key"])
+        if earlier is None:
+            earlier = first_record(s3, bucket, key)
+        _add(summary, transformer.lambda_handler(s3_event_for(s3, bucket, key, tick), None))
+        if tick in bad_at:
+            bad_key = (
+                f"raw/year={tick:%Y}/month={tick:%m}/day={tick:%d}/hand-upload {tick:%Y%m%dT%H%M%SZ}.json"
+            )
+            s3.put_object(Bucket=bucket, Key=bad_key, Body=bad_batch(tick, rng, earlier))
+            summary.raw_files += 1
+            summary.bad_files.append(bad_key)
+            _add(summary, transformer.lambda_handler(s3_event_for(s3, bucket, bad_key, tick), None))
+        if on_tick is not None:
+            on_tick(summary)
+    return summary
+
+
+def iter_keys(s3: S3Client, bucket: str) -> Iterator[str]:
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for item in page.get("Contents", []):
+            yield item["Key"]
+
+
+def download_bucket(s3: S3Client, bucket: str, dest: Path) -> int:
+    """Copy every object of the bucket to dest/<key>; returns the number of objects."""
+    count = 0
+    for key in iter_keys(s3, bucket):
+        target = dest / key
+        if dest.resolve() not in target.resolve().parents:
+            raise ValueError(f"object key {key!r} would be written outside {dest}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        s3.download_file(bucket, key, str(target))
+        count += 1
+    return count
