@@ -346,7 +346,10 @@ def validate_record(obj: Mapping[str, Any]) -> Row | Reject:
     if isinstance(total, Reject):
         return total
     if total != price * int(quantity):
-        return Reject("total_mismatch", f"total_amount {total} != price {price} x quantity {int(quantity)}")
+        expected = price * int(quantity)
+        return Reject(
+            "total_mismatch", f"total_amount {total} != price {price} x quantity {int(quantity)} = {expected}"
+        )
     return (
         obj["transaction_id"],
         timestamp,
@@ -491,6 +494,9 @@ def fast_block(block: bytes, first_line: int) -> BlockResult:
         pc.less_equal(quantity, INT32_MAX),
         pc.greater_equal(price, pa.scalar(Decimal(0), MONEY)),
         pc.greater_equal(total, pa.scalar(Decimal(0), MONEY)),
+        # pyarrow's reader can put 123456789.00 in a decimal(10,2) column without complaint: check the bound.
+        pc.less_equal(price, pa.scalar(MONEY_MAX, MONEY)),
+        pc.less_equal(total, pa.scalar(MONEY_MAX, MONEY)),
         pc.equal(total, pc.multiply(price, pc.cast(quantity, pa.decimal128(19, 0)))),
     ]
     valid = functools.reduce(pc.and_kleene, checks)
@@ -687,7 +693,7 @@ def transform_stream(
     source_key: str,
     workdir: Path,
     size_hint: int | None = None,
-    block_bytes: int = BLOCK_BYTES,
+    block_bytes: int | None = None,
 ) -> TransformResult:
     """Validate and convert one raw object, read as a stream of byte chunks, into files under `workdir`.
 
@@ -695,6 +701,7 @@ def transform_stream(
     starts like one ("[" or a pretty-printed "{") is read whole as one JSON document (files uploaded by
     hand); if that fails too, it is read as JSON Lines and its bad lines are quarantined.
     """
+    block_bytes = block_bytes or BLOCK_BYTES
     result = TransformResult()
     outputs = _Outputs(workdir, source_key, result)
     seen = SeenIds()
