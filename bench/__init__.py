@@ -1,0 +1,1 @@
+"""Performance benchmark of the pipeline's Lambdas (`make bench`): throughput, memory, imports, queries."""

@@ -1,0 +1,88 @@
+"""Seeded benchmark data made with the generator's own functions, cached under bench/out/data/."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parent.parent
+CHUNK_RECORDS = 10_000
+DAY = datetime(2026, 11, 25, tzinfo=UTC)
+DAY_SPAN = timedelta(days=1) - timedelta(minutes=10)
+
+
+@cache
+def generator() -> ModuleType:
+    """lambda/generator/lambda_function.py, loaded under its own name so its dataclasses resolve."""
+    name = "bench_generator_lambda_function"
+    path = ROOT / "lambda" / "generator" / "lambda_function.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _chunk(args: tuple[int, int, int, int]) -> bytes:
+    """Chunk `index` of `chunks`: its run time is spread over one UTC day, so every row has that date."""
+    seed, index, chunks, count = args
+    gen = generator()
+    run_time = DAY + timedelta(minutes=5) + DAY_SPAN * (index / max(chunks, 1))
+    rng = random.Random(f"bench:{seed}:{index}")
+    body: bytes = gen.to_json_lines(gen.generate_transactions(run_time, count, rng))
+    return body
+
+
+def _chunks(records: int, seed: int) -> Iterator[tuple[int, int, int, int]]:
+    chunks = (records + CHUNK_RECORDS - 1) // CHUNK_RECORDS
+    for index in range(chunks):
+        count = min(CHUNK_RECORDS, records - index * CHUNK_RECORDS)
+        yield seed, index, chunks, count
+
+
+def clean_file(directory: Path, records: int, seed: int, workers: int) -> Path:
+    """A JSON Lines file of `records` generator records (all on 2026-11-25 UTC), made once per seed."""
+    path = directory / f"raw-{records}-seed{seed}.json"
+    if path.exists():
+        return path
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    with partial.open("wb") as out, ProcessPoolExecutor(max_workers=workers) as pool:
+        for body in pool.map(_chunk, _chunks(records, seed), chunksize=4):
+            out.write(body)
+    partial.replace(path)
+    return path
+
+
+def malformed_file(clean: Path, every: int = 100) -> Path:
+    """The clean file with one line in `every` cut in half (malformed JSON): 1% bad lines by default."""
+    path = clean.with_name(clean.stem + f"-bad{every}.json")
+    if path.exists():
+        return path
+    partial = path.with_suffix(".partial")
+    with clean.open("rb") as src, partial.open("wb") as out:
+        for number, line in enumerate(src):
+            out.write(line[: len(line) // 2] + b"\n" if number % every == every // 2 else line)
+    partial.replace(path)
+    return path
+
+
+def small_bodies(count: int, seed: int) -> list[tuple[str, bytes]]:
+    """`count` raw objects of 1 to 3 records each, with the generator's keys: the normal case."""
+    gen = generator()
+    objects = []
+    for index in range(count):
+        run_time = DAY + timedelta(minutes=5 * (index + 1))
+        config = gen.Config(bucket="bench", transactions_per_run=1 + index % 3, seed=seed)
+        key, body, _ = gen.generate_run(config, run_time)
+        objects.append((key, body))
+    return objects
