@@ -1,0 +1,1 @@
+"""Command-line tools for a deployed pipeline."""
