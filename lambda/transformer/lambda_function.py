@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
 import boto3
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
@@ -398,7 +399,7 @@ class RejectedLine:
 @dataclass
 class BlockResult:
     table: pa.Table  # RAW_FIELDS with the contract's types, valid rows only, in input order
-    lines: list[int]  # the file line number of each row of `table`
+    lines: np.ndarray  # the file line number of each row of `table` (int64)
     rejects: list[RejectedLine]
     fast: bool
     text_of: Callable[[int], str]  # the original text of a file line (or array element), by its number
@@ -441,12 +442,19 @@ def exact_block(block: bytes, first_line: int) -> BlockResult:
         else:
             rows.append(result)
             numbers.append(number)
-    return BlockResult(rows_to_table(rows), numbers, rejects, False, _line_lookup(block, first_line))
+    lines = np.array(numbers, dtype=np.int64)
+    return BlockResult(rows_to_table(rows), lines, rejects, False, _line_lookup(block, first_line))
 
 
 def _parse_timestamps(text: pa.Array) -> pa.Array:
     """Timestamp strings to timestamp(ms, UTC); null where a value does not parse."""
     syntax_ok = pc.match_substring_regex(text, _TIMESTAMP_PATTERN)
+    if text.null_count == 0 and syntax_ok.false_count == 0:
+        try:
+            # The usual case, every value with an offset and at most milliseconds: one exact cast.
+            return pc.cast(text, TIMESTAMP)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
     has_offset = pc.match_substring_regex(text, _HAS_OFFSET_PATTERN)
     with_zone = pc.if_else(has_offset, text, pc.binary_join_element_wise(text, "Z", ""))
     candidates = pc.if_else(syntax_ok, with_zone, pa.scalar(None, pa.string()))
@@ -459,7 +467,7 @@ def _parse_timestamps(text: pa.Array) -> pa.Array:
         return pa.array([parse_timestamp(v) if v is not None else None for v in text.to_pylist()], TIMESTAMP)
 
 
-def fast_block(block: bytes, first_line: int) -> BlockResult:
+def fast_block(block: bytes, first_line: int, newlines: int | None = None) -> BlockResult:
     """pyarrow's JSON reader and vectorised checks; _NeedsExactPathError when a block needs the exact path."""
     try:
         table = pa_json.read_json(
@@ -470,7 +478,9 @@ def fast_block(block: bytes, first_line: int) -> BlockResult:
         )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
         raise _NeedsExactPathError(str(e)) from None
-    line_count = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+    if newlines is None:
+        newlines = block.count(b"\n")
+    line_count = newlines + (0 if block.endswith(b"\n") else 1)
     nonblank: list[tuple[int, bytes]] | None = None
     if table.num_rows != line_count:
         # Blank lines (pyarrow skips them) or several objects on one line (the exact path rejects that).
@@ -485,7 +495,7 @@ def fast_block(block: bytes, first_line: int) -> BlockResult:
     quantity = table["quantity"]
     price = table["price"]
     total = table["total_amount"]
-    checks = [pc.is_valid(table[name]) for name in RAW_FIELDS]
+    checks = [pc.is_valid(table[name]) for name in RAW_FIELDS if table[name].null_count]
     checks += [pc.invert(pc.equal(pc.utf8_trim_whitespace(table[name]), "")) for name in STRING_FIELDS]
     checks += [
         pc.invert(pc.equal(pc.utf8_trim_whitespace(table["timestamp"]), "")),
@@ -503,9 +513,9 @@ def fast_block(block: bytes, first_line: int) -> BlockResult:
     valid = pc.fill_null(valid, False)
 
     if nonblank is None:
-        numbers = pa.array(range(first_line, first_line + table.num_rows), pa.int64())
+        numbers = np.arange(first_line, first_line + table.num_rows, dtype=np.int64)
     else:
-        numbers = pa.array([number for number, _ in nonblank], pa.int64())
+        numbers = np.array([number for number, _ in nonblank], dtype=np.int64)
     rejects: list[RejectedLine] = []
     bad = pc.indices_nonzero(pc.invert(valid)).to_pylist()
     if bad:
@@ -520,6 +530,9 @@ def fast_block(block: bytes, first_line: int) -> BlockResult:
                 raise _NeedsExactPathError(f"line {number}: fast path rejected a row the exact path accepts")
             rejects.append(RejectedLine(number, result.reason, result.detail, text))
 
+    if isinstance(valid, pa.ChunkedArray):
+        valid = valid.combine_chunks()
+    all_valid = valid.false_count == 0
     good = pa.table(
         [
             table["transaction_id"],
@@ -530,15 +543,17 @@ def fast_block(block: bytes, first_line: int) -> BlockResult:
             total,
         ],
         names=list(RAW_FIELDS),
-    ).filter(valid)
-    lines = pc.filter(numbers, valid).to_pylist()
-    return BlockResult(good, lines, rejects, True, _line_lookup(block, first_line))
+    )
+    if not all_valid:
+        good = good.filter(valid)
+        numbers = numbers[valid.to_numpy(zero_copy_only=False)]
+    return BlockResult(good, numbers, rejects, True, _line_lookup(block, first_line))
 
 
-def validate_block(block: bytes, first_line: int) -> BlockResult:
+def validate_block(block: bytes, first_line: int, newlines: int | None = None) -> BlockResult:
     """The fast path when pyarrow can read the block as the contract's types, else the exact path."""
     try:
-        return fast_block(block, first_line)
+        return fast_block(block, first_line, newlines)
     except _NeedsExactPathError:
         return exact_block(block, first_line)
 
@@ -555,51 +570,137 @@ def derive_columns(table: pa.Table) -> pa.Table:
 # The whole object: stream of bytes in, Parquet and quarantine files out.
 
 
-def iter_blocks(chunks: Iterable[bytes], block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, bytes]]:
-    """Regroup arbitrary byte chunks into blocks of whole lines, with each block's first line number."""
-    pending = bytearray()
+def iter_blocks(chunks: Iterable[bytes], block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, bytes, int]]:
+    """Regroup byte chunks into blocks of whole lines: (first line number, block, newlines in it)."""
+    parts: list[bytes] = []
+    size = 0
     line = 1
     for chunk in chunks:
-        pending += chunk
-        if len(pending) < block_bytes:
+        parts.append(chunk)
+        size += len(chunk)
+        if size < block_bytes or b"\n" not in chunk:
             continue
-        cut = pending.rfind(b"\n")
-        if cut < 0:
-            continue
-        block = bytes(pending[: cut + 1])
-        del pending[: cut + 1]
-        yield line, block
-        line += block.count(b"\n")
-    if pending:
-        yield line, bytes(pending)
+        joined = b"".join(parts)
+        cut = joined.rfind(b"\n") + 1
+        block, rest = joined[:cut], joined[cut:]
+        parts, size = ([rest], len(rest)) if rest else ([], 0)
+        newlines = block.count(b"\n")
+        yield line, block, newlines
+        line += newlines
+    if size:
+        block = b"".join(parts)
+        yield line, block, block.count(b"\n")
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on uint64 arrays (numpy wraps on overflow, as the algorithm wants)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    mixed: np.ndarray = x ^ (x >> np.uint64(31))
+    return mixed
+
+
+def fingerprints(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Two independent 64-bit hashes of each (non-null) string, computed on pyarrow's buffers with numpy:
+    no Python object per row. Strings are grouped by length and hashed eight bytes at a time."""
+    strings = pa.array(strings, pa.string()) if not isinstance(strings, pa.Array) else strings
+    count = len(strings)
+    h1 = np.zeros(count, dtype=np.uint64)
+    h2 = np.zeros(count, dtype=np.uint64)
+    if count == 0:
+        return h1, h2
+    buffers = strings.buffers()
+    offsets = np.frombuffer(buffers[1], dtype=np.int32)[strings.offset : strings.offset + count + 1]
+    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
+    starts = offsets[:-1].astype(np.int64)
+    lengths = np.diff(offsets).astype(np.int64)
+    for length in np.unique(lengths):
+        rows = np.flatnonzero(lengths == length)
+        width = int(-(-int(length) // 8) * 8) or 8
+        padded = np.zeros((len(rows), width), dtype=np.uint8)
+        if length:
+            padded[:, : int(length)] = data[starts[rows, None] + np.arange(int(length))]
+        words = padded.view(np.uint64)
+        a = np.full(len(rows), length, dtype=np.uint64) * _GOLDEN
+        b = np.full(len(rows), length, dtype=np.uint64) ^ np.uint64(0xD6E8FEB86659FD93)
+        for k in range(words.shape[1]):
+            a = _mix(a ^ words[:, k] + _GOLDEN)
+            b = _mix((b + words[:, k]) * np.uint64(0xFF51AFD7ED558CCD) + _GOLDEN)
+        h1[rows] = a
+        h2[rows] = b
+    return h1, h2
 
 
 class SeenIds:
-    """transaction_ids accepted so far in one file, with the line that carried each."""
+    """The transaction_ids accepted so far in one file, as 128-bit fingerprints (16 bytes per id, so memory
+    stays small however long the file): sorted runs of the first hash, merged as they grow, with the second
+    hash confirming a match. Two different ids would have to agree on all 128 bits to be taken for each other.
+    """
 
     def __init__(self) -> None:
-        self._first_line: dict[str, int] = {}
+        self._runs: list[tuple[np.ndarray, np.ndarray]] = []
 
-    def split(
-        self, table: pa.Table, lines: list[int]
-    ) -> tuple[pa.Table, list[int], list[tuple[int, int, str]]]:
-        """Keep first occurrences; return (kept table, kept lines, [(row index, first line, id)] dropped)."""
-        keep: list[bool] = []
-        dropped: list[tuple[int, int, str]] = []
-        first_line = self._first_line
-        for index, (tid, number) in enumerate(zip(table["transaction_id"].to_pylist(), lines, strict=True)):
-            earlier = first_line.get(tid)
-            if earlier is None:
-                first_line[tid] = number
-                keep.append(True)
-            else:
-                dropped.append((index, earlier, tid))
-                keep.append(False)
-        if not dropped:
-            return table, lines, []
-        mask = pa.array(keep)
-        kept_lines = [n for n, k in zip(lines, keep, strict=True) if k]
-        return table.filter(mask), kept_lines, dropped
+    def __len__(self) -> int:
+        return sum(len(run) for run, _ in self._runs)
+
+    def _seen_before(self, h1: np.ndarray, h2: np.ndarray) -> np.ndarray:
+        """For h1 sorted ascending: which (h1, h2) pairs are already in a run."""
+        found = np.zeros(len(h1), dtype=bool)
+        for run1, run2 in self._runs:
+            pos = np.searchsorted(run1, h1)
+            inside = pos < len(run1)
+            hit = np.zeros(len(h1), dtype=bool)
+            hit[inside] = run1[pos[inside]] == h1[inside]
+            for index in np.flatnonzero(hit):
+                # Rare: the first hash matches; scan its equal range for the second.
+                p = pos[index]
+                while p < len(run1) and run1[p] == h1[index]:
+                    if run2[p] == h2[index]:
+                        found[index] = True
+                        break
+                    p += 1
+        return found
+
+    def _add(self, h1: np.ndarray, h2: np.ndarray) -> None:
+        """Add pairs whose h1 is sorted ascending, as a new run; merge runs of similar size."""
+        self._runs.append((h1, h2))
+        while len(self._runs) > 1 and len(self._runs[-1][0]) * 2 >= len(self._runs[-2][0]):
+            (a1, a2), (b1, b2) = self._runs[-2], self._runs[-1]
+            merged1 = np.concatenate([a1, b1])
+            order = np.argsort(merged1, kind="stable")
+            self._runs[-2:] = [(merged1[order], np.concatenate([a2, b2])[order])]
+
+    def split(self, table: pa.Table) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+        """Drop rows whose transaction_id was accepted before. Returns the kept rows, a mask of the dropped
+        rows, and for each dropped row the index of the row of this table it repeats (-1: earlier block)."""
+        count = table.num_rows
+        dropped = np.zeros(count, dtype=bool)
+        repeats = np.full(count, -1, dtype=np.int64)
+        if count == 0:
+            return table, dropped, repeats
+        h1, h2 = fingerprints(table["transaction_id"].combine_chunks())
+        order = np.argsort(h1, kind="stable")  # stable: among equal ids, the first row comes first
+        s1, s2 = h1[order], h2[order]
+        same = np.flatnonzero(s1[1:] == s1[:-1])
+        for i in same:  # rare: two rows of this block share the first hash
+            j = i + 1
+            for k in range(i, -1, -1):
+                if s1[k] != s1[j]:
+                    break
+                if s2[k] == s2[j] and not dropped[order[k]]:
+                    dropped[order[j]] = True
+                    repeats[order[j]] = order[k]
+                    break
+        earlier = self._seen_before(s1, s2)
+        dropped[order[earlier]] = True
+        new_sorted = ~dropped[order]
+        self._add(s1[new_sorted], s2[new_sorted])
+        if not dropped.any():
+            return table, dropped, repeats
+        return table.filter(pa.array(~dropped)), dropped, repeats
 
 
 @dataclass
@@ -738,8 +839,8 @@ def _prepend(head: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
 def _transform_lines(
     chunks: Iterable[bytes], outputs: _Outputs, seen: SeenIds, result: TransformResult, block_bytes: int
 ) -> None:
-    for first_line, block in iter_blocks(chunks, block_bytes):
-        block_result = validate_block(block, first_line)
+    for first_line, block, newlines in iter_blocks(chunks, block_bytes):
+        block_result = validate_block(block, first_line, newlines)
         if block_result.fast:
             result.fast_blocks += 1
         else:
@@ -766,19 +867,23 @@ def _transform_records(records: list[Any], outputs: _Outputs, seen: SeenIds, res
             rows.append(checked)
             numbers.append(number)
     result.exact_blocks += 1
-    block = BlockResult(rows_to_table(rows), numbers, rejects, False, lambda number: texts[number - 1])
+    lines = np.array(numbers, dtype=np.int64)
+    block = BlockResult(rows_to_table(rows), lines, rejects, False, lambda number: texts[number - 1])
     _emit(block, outputs, seen, result)
 
 
 def _emit(block: BlockResult, outputs: _Outputs, seen: SeenIds, result: TransformResult) -> None:
     result.records_read += block.table.num_rows + len(block.rejects)
-    kept, _, dropped = seen.split(block.table, block.lines)
+    kept, dropped, repeats = seen.split(block.table)
     rejects = list(block.rejects)
-    for index, earlier, tid in dropped:
-        number = block.lines[index]
-        detail = f"transaction_id {tid!r} was first seen on line {earlier}"
-        rejects.append(RejectedLine(number, "duplicate_transaction_id", detail, block.text_of(number)))
-    if dropped:
+    if dropped.any():
+        ids = block.table["transaction_id"]
+        for index in np.flatnonzero(dropped):
+            number = int(block.lines[index])
+            tid = ids[int(index)].as_py()
+            where = f"line {int(block.lines[repeats[index]])}" if repeats[index] >= 0 else "an earlier line"
+            detail = f"transaction_id {tid!r} already appears on {where} of this file"
+            rejects.append(RejectedLine(number, "duplicate_transaction_id", detail, block.text_of(number)))
         rejects.sort(key=lambda r: r.line)
     for reject in rejects:
         outputs.write_reject(reject.line, reject.reason, reject.detail, reject.record)
