@@ -1,4 +1,4 @@
-"""One measurement in a fresh process (run by bench.run): its peak RSS is the parent's wait4 figure.
+"""One measurement in a fresh process (run by bench.run), reporting its own peak RSS (VmHWM).
 
 Imports of boto3 and pyarrow happen inside the measured functions, never at module level, so the
 import figures start from a bare interpreter.
@@ -115,6 +115,18 @@ def measure_small(impl: str, bucket: str, keys: list[str]) -> dict[str, Any]:
     return {"import_s": import_s, "first_s": times[0], "median_s": statistics.median(warm), "n": len(warm)}
 
 
+def peak_rss_mib() -> float:
+    """This process's RSS high-water mark (VmHWM), in MiB.
+
+    Not the parent's wait4 ru_maxrss: Linux carries the pre-exec high-water mark of the forked parent
+    (here the one holding moto's server and its objects) into the child's figure.
+    """
+    for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status: the memory figures need Linux")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=["imports", "work", "small"])
@@ -129,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
         result = measure_work(args.impl, args.bucket, args.key[0], args.profile)
     else:
         result = measure_small(args.impl, args.bucket, args.key)
+    result["peak_rss_mib"] = peak_rss_mib()
+    result["pandas_loaded_at_end"] = "pandas" in sys.modules
     sys.stdout.write(RESULT_MARK + json.dumps(result) + "\n")
 
 

@@ -425,3 +425,28 @@ def test_manifest_entries_sum_to_the_rows_of_the_compacted_file(s3, day_of_files
     manifest = manifest_of(s3)
     assert manifest["rows"] == sum(s["rows"] for s in manifest["sources"]) == what_a_query_sees(s3).num_rows
     assert Path(manifest["partition"]).as_posix() + "/" == PREFIX
+
+
+def test_the_sidecar_manifest_outside_the_table_lists_each_raw_file_with_its_rows(s3, day_of_files):
+    compactor.compact_day(s3, config(), DAY)
+
+    body = s3.get_object(
+        Bucket=BUCKET, Key="compaction/transactions/year=2026/month=11/day=25/manifest.jsonl"
+    )
+    lines = [json.loads(line) for line in body["Body"].read().decode().splitlines()]
+    assert [line["rows"] for line in lines] == [t.num_rows for t in day_of_files]
+    assert lines[0]["file_stem"] == "transactions-20261125T000500Z-00000000"
+    assert {line["compacted_key"] for line in lines} == {COMPACTED}
+
+
+def test_crash_between_the_compacted_file_and_its_sidecar_is_completed_by_the_rerun(s3, day_of_files):
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        compactor.compact_day(FailingS3(s3, "put_object", allow=1), config(), DAY)
+    assert len(keys(s3)) == 13  # compacted file written, nothing deleted yet
+
+    result = compactor.compact_day(s3, config(), DAY)
+
+    assert result["action"] == "finished"
+    assert keys(s3) == [COMPACTED]
+    assert_exactly(s3, *day_of_files)
+    assert keys(s3, "compaction/") == ["compaction/transactions/year=2026/month=11/day=25/manifest.jsonl"]

@@ -13,8 +13,10 @@ How no row is lost or doubled:
   file: it is only deleted. A source file that is not (a late file, or one rewritten by a redelivered
   event) is merged, and when its key is already in the manifest its new rows replace the old copy.
 - Order: read and check every input, write the new compacted file over the old one (a conditional put on
-  the old file's ETag, so two runs cannot both win), then delete the merged sources with conditional
-  deletes on the ETags that were read (a source rewritten meanwhile is kept and merged by the next run).
+  the old file's ETag, so two runs cannot both win), write the manifest's queryable copy to
+  compaction/transactions/year=/month=/day=/manifest.jsonl (outside the table), then delete the merged
+  sources with conditional deletes on the ETags that were read (a source rewritten meanwhile is kept and
+  merged by the next run).
   A crash at any point leaves a state the next run completes; a run with nothing new writes nothing.
 """
 
@@ -46,6 +48,9 @@ _logger = logging.getLogger()
 _logger.setLevel(os.environ.get("LOG_LEVEL", "INFO"))
 
 PROCESSED_PREFIX = "processed/transactions/"
+# Outside the table's location: a queryable copy of each day's manifest (ecommerce_db.compaction_manifest),
+# so that SQL can still count processed rows per raw file once they live in the compacted file.
+SIDECAR_PREFIX = "compaction/transactions/"
 COMPACTED_STEM_PREFIX = "compacted-"
 MANIFEST_KEY = b"compaction_manifest"
 MANIFEST_VERSION = 1
@@ -395,6 +400,32 @@ def _put_compacted(s3: S3Client, bucket: str, key: str, path: Path, old: S3Objec
     return str(response["ETag"]).strip('"')
 
 
+def sidecar_key(day: date) -> str:
+    return f"{SIDECAR_PREFIX}year={day:%Y}/month={day:%m}/day={day:%d}/manifest.jsonl"
+
+
+def sidecar_lines(compacted: str, sources: Sequence[Source]) -> bytes:
+    """The manifest as JSON Lines: one line per raw file's rows inside the compacted file."""
+    lines = [
+        json.dumps(
+            {
+                "compacted_key": compacted,
+                "source_key": s.key,
+                "file_stem": s.key.rsplit("/", 1)[-1].removesuffix(".parquet"),
+                "rows": s.rows,
+                "etag": s.etag,
+            }
+        )
+        for s in sources
+    ]
+    return "".join(line + "\n" for line in lines).encode("utf-8")
+
+
+def _put_sidecar(s3: S3Client, bucket: str, day: date, compacted: str, sources: Sequence[Source]) -> None:
+    body = sidecar_lines(compacted, sources)
+    s3.put_object(Bucket=bucket, Key=sidecar_key(day), Body=body, ContentType="application/x-ndjson")
+
+
 def _delete_sources(s3: S3Client, bucket: str, objects: Sequence[S3Object]) -> tuple[int, int]:
     """Conditional deletes: a source rewritten since it was read stays, and the next run merges it."""
     deleted = kept = 0
@@ -447,7 +478,7 @@ def compact_day(s3: S3Client, config: Config, day: date) -> dict[str, Any]:
             new_manifest = [*plan.keep, *(Source(o.key, o.etag, rows) for o, _, rows in inputs)]
             out = directory / "out.parquet"
             schema = SCHEMA.with_metadata({MANIFEST_KEY: manifest_json(day, new_manifest)})
-            with _ParquetWriter(out, schema, compression="snappy") as writer:
+            with _ParquetWriter(out, schema, compression="snappy", coerce_timestamps="ms") as writer:
                 groups = RowGroupWriter(writer, config.row_group_rows)
                 if old_path is not None and plan.keep:
                     old_batches = _ParquetFile(old_path).iter_batches(batch_size=READ_BATCH_ROWS)
@@ -463,7 +494,10 @@ def compact_day(s3: S3Client, config: Config, day: date) -> dict[str, Any]:
             _put_compacted(s3, bucket, key, out, compacted)
             result.update(action="compacted", rows=expected, files_merged=len(inputs))
         else:
+            new_manifest = manifest
             result.update(action="finished", rows=sum(s.rows for s in manifest))
+    # Before the deletes, and again by a run that finishes a crashed one: the sidecar always matches.
+    _put_sidecar(s3, bucket, day, key, new_manifest)
     deleted, kept = _delete_sources(s3, bucket, plan.delete)
     result.update(deleted=deleted, kept_changed=kept)
     return result
