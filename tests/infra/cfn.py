@@ -21,7 +21,7 @@ INFRA = ROOT / "infra"
 TEMPLATE = INFRA / "template.yaml"
 
 # The console path's names: what the stack creates when it is called CONSOLE_STACK_NAME.
-CONSOLE_STACK_NAME = "ecommerce-pipeline"
+CONSOLE_STACK_NAME = "ecommerce"
 CONSOLE_REGION_PLACEHOLDER = "REGION"
 CONSOLE_ACCOUNT_PLACEHOLDER = "ACCOUNT_ID"
 CONSOLE_BUCKET_PLACEHOLDER = "BUCKET_NAME"

@@ -26,7 +26,14 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.conftest import BUCKET, REGION, load_event, load_lambda
-from tests.infra.cfn import INFRA, console_values, load_template, resolve, resources_of_type
+from tests.infra.cfn import (
+    CONSOLE_STACK_NAME,
+    INFRA,
+    console_values,
+    load_template,
+    resolve,
+    resources_of_type,
+)
 
 TEMPLATE = load_template()
 ALARMS = {
@@ -201,7 +208,7 @@ def test_a_raised_error_fires_the_functions_errors_alarm(
     )
 
     # THEN the alarm's own metric, statistic and period put it in ALARM
-    assert dimension == {"Name": "FunctionName", "Value": f"ecommerce-pipeline-{function}"}
+    assert dimension == {"Name": "FunctionName", "Value": f"{CONSOLE_STACK_NAME}-{function}"}
     assert evaluate(alarm, alarm_value(cloudwatch, alarm, now + timedelta(seconds=1))) == "ALARM"
 
 

@@ -1,7 +1,7 @@
 """The console path's files say what the stack does: same IAM grants, alarms and dashboard.
 
 Each file under infra/iam/, infra/alarms/ and infra/dashboard.json is compared, as data, with the
-template's resource resolved for a stack called `ecommerce-pipeline` (the console path's names) with
+template's resource resolved for a stack called `ecommerce` (the console path's names) with
 the placeholders BUCKET_NAME, REGION and ACCOUNT_ID. The IAM documents are also held to least
 privilege: no wildcard action or resource, writes only under the prefixes the issue allows.
 """

@@ -39,7 +39,7 @@ from moto.core import disable_iam_authentication, enable_iam_authentication
 from tests.conftest import REGION, ROOT, load_event, load_lambda
 from tests.infra.cfn import INFRA, load_template, parameter_defaults, resolve
 
-STACK = "ecommerce-pipeline"
+STACK = "ecommerce"
 BUCKET = "my-pipeline-bucket"
 ARTIFACTS = "my-deploy-artifacts"
 ACCOUNT = "123456789012"  # moto's default account
