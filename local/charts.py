@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import matplotlib as mpl
 
 mpl.use("Agg")
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -24,10 +25,13 @@ def _money(values: pd.Series) -> list[float]:
     return [float(v) for v in values]
 
 
-def _finish(fig: Figure, ax: Axes, title: str, subtitle: str, path: Path) -> Path:
-    ax.set_title(f"{title}\n{subtitle}", fontsize=11, loc="left")
+def _finish(
+    fig: Figure, ax: Axes, title: str, subtitle: str, path: Path, *, grid: Literal["x", "y"] = "y"
+) -> Path:
+    # A figure-level title, so that long bar labels on the left cannot push it off the image.
+    fig.suptitle(f"{title}\n{subtitle}", x=0.01, ha="left", fontsize=11)
     ax.spines[["top", "right"]].set_visible(False)
-    ax.grid(axis="y" if ax.get_xlabel() != "revenue" else "x", alpha=0.3)
+    ax.grid(axis=grid, alpha=0.3)
     ax.set_axisbelow(True)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +83,7 @@ def top_products(frame: pd.DataFrame, path: Path, subtitle: str) -> Path:
     ordered = frame.iloc[::-1]
     ax.barh(ordered["product_name"], _money(ordered["revenue"]), color=COLOR)
     ax.set_xlabel("revenue")
-    return _finish(fig, ax, "Top products by revenue", subtitle, path)
+    return _finish(fig, ax, "Top products by revenue", subtitle, path, grid="x")
 
 
 def quarantine_by_reason(frame: pd.DataFrame, path: Path, subtitle: str) -> Path:
@@ -87,7 +91,8 @@ def quarantine_by_reason(frame: pd.DataFrame, path: Path, subtitle: str) -> Path
     ordered = frame.iloc[::-1]
     ax.barh(ordered["reason"], [int(v) for v in ordered["records"]], color=ACCENT)
     ax.set_xlabel("quarantined records")
-    return _finish(fig, ax, "Quarantined records by reason", subtitle, path)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return _finish(fig, ax, "Quarantined records by reason", subtitle, path, grid="x")
 
 
 # query file stem -> (chart function, PNG name)

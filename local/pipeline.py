@@ -90,6 +90,12 @@ def bad_batch(tick: datetime, rng: random.Random, earlier: dict[str, Any] | None
             {**good, "transaction_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)), "price": -24.99}
         ),
         json.dumps(
+            {**good, "transaction_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)), "quantity": "two"}
+        ),
+        json.dumps(
+            {**good, "transaction_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)), "quantity": 0}
+        ),
+        json.dumps(
             {
                 **good,
                 "transaction_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
