@@ -424,3 +424,56 @@ def test_packaging_uses_the_handler_folders_and_nothing_is_inlined() -> None:
     assert "ZipFile" not in (INFRA / "template.yaml").read_text(encoding="utf-8")
     for code in ("../lambda/generator/", "../lambda/transformer/"):
         assert Path(INFRA / code / "lambda_function.py").is_file()
+
+
+def test_resources_moto_skips_are_as_the_issue_asks(stack: Stack) -> None:
+    # Alarms and Glue tables have their own test files; the rest of MOTO_SKIPS is checked here as data.
+    values = {
+        **parameter_defaults(stack.template),
+        "AWS::Partition": "aws",
+        "AWS::StackName": STACK,
+        "BucketName": BUCKET,
+        "DataBucket": BUCKET,
+        "AlertEmail": "ops@example.com",
+        "AlertTopic": stack.outputs["AlertTopicArn"],
+        "TransformerFunction": f"{STACK}-transformer",
+        "TransformerFailureQueue.Arn": f"arn:aws:sqs:{REGION}:{ACCOUNT}:{STACK}-transformer-failures",
+    }
+    resources = stack.template["Resources"]
+
+    def properties(name: str) -> dict[str, Any]:
+        resolved: dict[str, Any] = resolve(resources[name]["Properties"], values)
+        return resolved
+
+    # TLS only: every request without aws:SecureTransport is denied, on the bucket and its objects
+    (statement,) = properties("DataBucketPolicy")["PolicyDocument"]["Statement"]
+    assert statement["Effect"] == "Deny"
+    assert statement["Principal"] == "*"
+    assert statement["Action"] == "s3:*"
+    assert set(statement["Resource"]) == {f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/*"}
+    assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+    # Asynchronous invocation of the transformer: two retries, an hour at most, then the queue
+    assert properties("TransformerInvokeConfig") == {
+        "FunctionName": f"{STACK}-transformer",
+        "Qualifier": "$LATEST",
+        "MaximumRetryAttempts": 2,
+        "MaximumEventAgeInSeconds": 3600,
+        "DestinationConfig": {"OnFailure": {"Destination": values["TransformerFailureQueue.Arn"]}},
+    }
+
+    # Athena: results under athena-results/, encrypted, the workgroup's settings enforced, scans capped
+    workgroup = properties("AthenaWorkGroup")["WorkGroupConfiguration"]
+    assert workgroup["ResultConfiguration"] == {
+        "OutputLocation": f"s3://{BUCKET}/athena-results/",
+        "EncryptionConfiguration": {"EncryptionOption": "SSE_S3"},
+    }
+    assert workgroup["EnforceWorkGroupConfiguration"] is True
+    assert workgroup["BytesScannedCutoffPerQuery"] == 1024**3
+
+    # Alerts go to the address given at deploy time
+    assert properties("AlertSubscription") == {
+        "TopicArn": stack.outputs["AlertTopicArn"],
+        "Protocol": "email",
+        "Endpoint": "ops@example.com",
+    }
