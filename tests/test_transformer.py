@@ -466,6 +466,37 @@ def test_fast_and_exact_paths_give_identical_results(seed):
     ]
 
 
+DAMAGE = [
+    lambda line: line[: len(line) // 2],  # cut off
+    lambda line: line.replace('"quantity": ', '"quantity": "', 1),  # unbalanced quote
+    lambda line: "[" + line + "]",  # an array
+    lambda line: line.replace('"category": ', '"category": {"nested": true}, "x": ', 1),  # nested object
+    lambda line: "",  # blank line
+    lambda line: line + " trailing words",
+]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_blocks_with_malformed_lines_give_exactly_what_the_exact_path_gives(seed):
+    # GIVEN a block pyarrow cannot read, because a few lines are not JSON objects
+    rng = random.Random(seed)
+    lines = good_lines(400, seed=seed)
+    lines += lines[:3]  # and a few duplicates
+    for index in rng.sample(range(len(lines)), 12):
+        lines[index] = rng.choice(DAMAGE)(lines[index])
+    block = ("\n".join(lines) + "\n").encode()
+    # WHEN it is validated: good-looking lines vectorised, the others line by line
+    mixed = tr.validate_block(block, 1)
+    exact = tr.exact_block(block, 1)
+    # THEN the result is exactly the exact path's, and the vectorised path did most of the work
+    assert mixed.fast
+    assert mixed.table.equals(exact.table)
+    assert mixed.lines.tolist() == exact.lines.tolist()
+    assert [(r.line, r.reason, r.detail, r.record) for r in mixed.rejects] == [
+        (r.line, r.reason, r.detail, r.record) for r in exact.rejects
+    ]
+
+
 def test_blocks_pyarrow_cannot_read_fall_back_to_the_exact_path():
     block = b'{"transaction_id": 1}\n'
     assert not tr.validate_block(block, 1).fast

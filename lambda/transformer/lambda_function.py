@@ -126,6 +126,12 @@ _TIMESTAMP_RE = re.compile(_TIMESTAMP_PATTERN)
 _HAS_OFFSET_PATTERN = r"(Z|[+-][0-9]{2}(:?[0-9]{2})?)$"
 # Money given as a string: the decimal forms pyarrow's decimal reader accepts ("24.99", "+5", ".5", "1e2").
 _MONEY_STRING_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# A line that is one flat JSON object (string, number, true, false or null values). Only used to route the
+# lines of a block pyarrow could not read: matching lines go to the fast path, the rest to the exact path.
+_JSON_STRING = r'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"'
+_JSON_VALUE = rf"(?:{_JSON_STRING}|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|true|false|null)"
+_JSON_PAIR = rf"{_JSON_STRING}[ \t\r]*:[ \t\r]*{_JSON_VALUE}[ \t\r]*"
+_FLAT_OBJECT_PATTERN = rf"^[ \t\r]*\{{[ \t\r]*(?:{_JSON_PAIR}(?:,[ \t\r]*{_JSON_PAIR})*)?\}}[ \t\r\n]*$"
 _PARTITION_RE = re.compile(r"(?:^|/)year=([0-9]{4})/month=([0-9]{2})/day=([0-9]{2})/")
 
 
@@ -409,14 +415,18 @@ def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace").rstrip("\r")
 
 
-def _line_lookup(block: bytes, first_line: int) -> Callable[[int], str]:
-    """Original line text by file line number, splitting the block only if a line is asked for."""
+def _line_lookup(
+    block: bytes, first_line: int, index: Mapping[int, int] | None = None
+) -> Callable[[int], str]:
+    """Original line text by file line number, splitting the block only if a line is asked for. `index`
+    maps line numbers to positions in the block when its lines are not consecutive."""
     split: list[list[bytes]] = []
 
     def text_of(number: int) -> str:
         if not split:
             split.append(block.split(b"\n"))
-        return _decode(split[0][number - first_line])
+        position = index[number] if index is not None else number - first_line
+        return _decode(split[0][position])
 
     return text_of
 
@@ -425,25 +435,32 @@ def _nonblank_lines(block: bytes, first_line: int) -> list[tuple[int, bytes]]:
     return [(first_line + i, raw) for i, raw in enumerate(block.split(b"\n")) if raw.strip()]
 
 
-def exact_block(block: bytes, first_line: int) -> BlockResult:
-    """Every line through validate_line: slower, and the reference for every rule."""
+def exact_lines(lines: Iterable[tuple[int, bytes]]) -> BlockResult:
+    """Each (line number, raw line) through validate_line: slower, and the reference for every rule."""
     rows: list[Row] = []
     numbers: list[int] = []
     rejects: list[RejectedLine] = []
-    for number, raw in _nonblank_lines(block, first_line):
+    for number, raw in lines:
         try:
-            text = raw.decode("utf-8")
+            text = raw.decode("utf-8").rstrip("\r")
         except UnicodeDecodeError as e:
             rejects.append(RejectedLine(number, "malformed_json", f"not valid UTF-8: {e}", _decode(raw)))
             continue
-        result = validate_line(text.rstrip("\r"))
+        result = validate_line(text)
         if isinstance(result, Reject):
-            rejects.append(RejectedLine(number, result.reason, result.detail, text.rstrip("\r")))
+            rejects.append(RejectedLine(number, result.reason, result.detail, text))
         else:
             rows.append(result)
             numbers.append(number)
-    lines = np.array(numbers, dtype=np.int64)
-    return BlockResult(rows_to_table(rows), lines, rejects, False, _line_lookup(block, first_line))
+    lines_array = np.array(numbers, dtype=np.int64)
+    return BlockResult(rows_to_table(rows), lines_array, rejects, False, lambda number: "")
+
+
+def exact_block(block: bytes, first_line: int) -> BlockResult:
+    """Every non-blank line of the block through the exact path."""
+    result = exact_lines(_nonblank_lines(block, first_line))
+    result.text_of = _line_lookup(block, first_line)
+    return result
 
 
 def _parse_timestamps(text: pa.Array) -> pa.Array:
@@ -467,8 +484,14 @@ def _parse_timestamps(text: pa.Array) -> pa.Array:
         return pa.array([parse_timestamp(v) if v is not None else None for v in text.to_pylist()], TIMESTAMP)
 
 
-def fast_block(block: bytes, first_line: int, newlines: int | None = None) -> BlockResult:
-    """pyarrow's JSON reader and vectorised checks; _NeedsExactPathError when a block needs the exact path."""
+def fast_block(
+    block: bytes, first_line: int, newlines: int | None = None, numbers: np.ndarray | None = None
+) -> BlockResult:
+    """pyarrow's JSON reader and vectorised checks; _NeedsExactPathError when a block needs the exact path.
+
+    `numbers` gives the file line number of each line of `block` when they are not consecutive from
+    `first_line` (a block rebuilt from the good lines of a dirty one); such a block has no blank lines.
+    """
     try:
         table = pa_json.read_json(
             pa.BufferReader(block),
@@ -478,15 +501,24 @@ def fast_block(block: bytes, first_line: int, newlines: int | None = None) -> Bl
         )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
         raise _NeedsExactPathError(str(e)) from None
-    if newlines is None:
-        newlines = block.count(b"\n")
-    line_count = newlines + (0 if block.endswith(b"\n") else 1)
-    nonblank: list[tuple[int, bytes]] | None = None
-    if table.num_rows != line_count:
-        # Blank lines (pyarrow skips them) or several objects on one line (the exact path rejects that).
-        nonblank = _nonblank_lines(block, first_line)
-        if table.num_rows != len(nonblank):
-            raise _NeedsExactPathError("row count differs from non-blank line count")
+    text_of = _line_lookup(block, first_line)
+    if numbers is not None:
+        if table.num_rows != len(numbers):
+            raise _NeedsExactPathError("row count differs from line count")
+        lookup = {int(n): i for i, n in enumerate(numbers)} if table.num_rows else {}
+        text_of = _line_lookup(block, 0, lookup)
+    else:
+        if newlines is None:
+            newlines = block.count(b"\n")
+        line_count = newlines + (0 if block.endswith(b"\n") else 1)
+        if table.num_rows == line_count:
+            numbers = np.arange(first_line, first_line + table.num_rows, dtype=np.int64)
+        else:
+            # Blank lines (pyarrow skips them) or several objects on one line (the exact path rejects that).
+            nonblank = _nonblank_lines(block, first_line)
+            if table.num_rows != len(nonblank):
+                raise _NeedsExactPathError("row count differs from non-blank line count")
+            numbers = np.array([number for number, _ in nonblank], dtype=np.int64)
     table = table.combine_chunks()
 
     timestamps = _parse_timestamps(
@@ -512,23 +544,17 @@ def fast_block(block: bytes, first_line: int, newlines: int | None = None) -> Bl
     valid = functools.reduce(pc.and_kleene, checks)
     valid = pc.fill_null(valid, False)
 
-    if nonblank is None:
-        numbers = np.arange(first_line, first_line + table.num_rows, dtype=np.int64)
-    else:
-        numbers = np.array([number for number, _ in nonblank], dtype=np.int64)
     rejects: list[RejectedLine] = []
     bad = pc.indices_nonzero(pc.invert(valid)).to_pylist()
-    if bad:
-        nonblank = nonblank or _nonblank_lines(block, first_line)
-        for index in bad:
-            number, raw = nonblank[index]
-            text = _decode(raw)
-            result = validate_line(text)
-            if not isinstance(result, Reject):
-                # The paths disagree on this row: trust the exact path for the whole block.
-                _logger.warning("fast and exact validation disagree", extra={"line": number})
-                raise _NeedsExactPathError(f"line {number}: fast path rejected a row the exact path accepts")
-            rejects.append(RejectedLine(number, result.reason, result.detail, text))
+    for index in bad:
+        number = int(numbers[index])
+        text = text_of(number)
+        result = validate_line(text)
+        if not isinstance(result, Reject):
+            # The paths disagree on this row: trust the exact path for the whole block.
+            _logger.warning("fast and exact validation disagree", extra={"line": number})
+            raise _NeedsExactPathError(f"line {number}: fast path rejected a row the exact path accepts")
+        rejects.append(RejectedLine(number, result.reason, result.detail, text))
 
     if isinstance(valid, pa.ChunkedArray):
         valid = valid.combine_chunks()
@@ -547,15 +573,62 @@ def fast_block(block: bytes, first_line: int, newlines: int | None = None) -> Bl
     if not all_valid:
         good = good.filter(valid)
         numbers = numbers[valid.to_numpy(zero_copy_only=False)]
-    return BlockResult(good, numbers, rejects, True, _line_lookup(block, first_line))
+    return BlockResult(good, numbers, rejects, True, text_of)
+
+
+def _split_lines(block: bytes) -> pa.Array:
+    """The block's lines, each with its newline, as a binary array over the block's own bytes: no copy and no
+    Python object per line."""
+    data = np.frombuffer(block, dtype=np.uint8)
+    ends = np.flatnonzero(data == 10).astype(np.int32) + 1
+    offsets = np.concatenate([np.zeros(1, np.int32), ends])
+    if offsets[-1] != len(block):  # a last line without a newline
+        offsets = np.append(offsets, np.int32(len(block)))
+    return pa.Array.from_buffers(
+        pa.binary(), len(offsets) - 1, [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(block)]
+    )
+
+
+def salvage_block(block: bytes, first_line: int) -> BlockResult | None:
+    """A block pyarrow could not read: send the lines that do not look like flat JSON objects to the exact
+    path and the rest, still vectorised, to the fast path. None when that does not help either."""
+    lines = _split_lines(block)
+    looks_ok = pc.fill_null(pc.match_substring_regex(lines, _FLAT_OBJECT_PATTERN), False)
+    blank = pc.fill_null(pc.match_substring_regex(lines, r"^[ \t\r\n]*$"), False)
+    suspect = np.flatnonzero(
+        ~(looks_ok.to_numpy(zero_copy_only=False) | blank.to_numpy(zero_copy_only=False))
+    )
+    good = np.flatnonzero(looks_ok.to_numpy(zero_copy_only=False))
+    if len(good) == 0 or len(suspect) == 0 or len(suspect) * 5 > len(lines):
+        return None
+    good_lines = lines.take(pa.array(good))
+    rebuilt = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(good)], pa.int32()), good_lines), b"")
+    try:
+        fast = fast_block(rebuilt[0].as_py(), first_line, numbers=good + first_line)
+    except _NeedsExactPathError:
+        return None
+    exact = exact_lines([(int(i) + first_line, lines[int(i)].as_py().rstrip(b"\n")) for i in suspect])
+    rejects = sorted(fast.rejects + exact.rejects, key=lambda r: r.line)
+    table, numbers = fast.table, fast.lines
+    if exact.table.num_rows:
+        table = pa.concat_tables([table, exact.table])
+        numbers = np.concatenate([numbers, exact.lines])
+        order = np.argsort(numbers, kind="stable")
+        table, numbers = table.take(pa.array(order)), numbers[order]
+    return BlockResult(table, numbers, rejects, True, _line_lookup(block, first_line))
 
 
 def validate_block(block: bytes, first_line: int, newlines: int | None = None) -> BlockResult:
-    """The fast path when pyarrow can read the block as the contract's types, else the exact path."""
+    """The fast path when pyarrow can read the block as the contract's types; else the fast path for the
+    lines that look right and the exact path for the others; else the exact path for the whole block."""
     try:
         return fast_block(block, first_line, newlines)
     except _NeedsExactPathError:
-        return exact_block(block, first_line)
+        pass
+    salvaged = salvage_block(block, first_line)
+    if salvaged is not None:
+        return salvaged
+    return exact_block(block, first_line)
 
 
 def derive_columns(table: pa.Table) -> pa.Table:
