@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from local import catalog, charts
 from local.lambdas import load_lambda
-from local.pipeline import RunSummary, download_bucket, run_schedule, schedule
+from local.pipeline import HandlerError, RunSummary, download_bucket, run_schedule, schedule
 from local.server import PortError, moto_s3
 
 if TYPE_CHECKING:
@@ -333,6 +333,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DemoError, PortError) as e:
         print(f"demo: {e}", file=sys.stderr)
         return 2
+    except HandlerError as e:
+        print(
+            f"demo: {e}\n(the handler's log, with the traceback, is in {options.out / 'handlers.log'}; "
+            "the embedded S3 has been stopped)",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         print("\ndemo: interrupted; the embedded S3 has been stopped.", file=sys.stderr)
         return 130

@@ -23,6 +23,19 @@ _logger = logging.getLogger(__name__)
 TICK = timedelta(minutes=5)
 
 
+class HandlerError(RuntimeError):
+    """A handler raised: on Lambda the invocation would fail, be retried and raise the Errors alarm."""
+
+
+def invoke(handler: ModuleType, name: str, event: dict[str, Any], what: str) -> dict[str, Any]:
+    """Call a handler as Lambda does; a failure says which handler and which input."""
+    try:
+        result: dict[str, Any] = handler.lambda_handler(event, None)
+    except Exception as e:
+        raise HandlerError(f"the {name} handler failed on {what}: {type(e).__name__}: {e}") from e
+    return result
+
+
 @dataclass
 class RunSummary:
     """What a simulated schedule did, as the handlers reported it."""
@@ -164,14 +177,16 @@ def run_schedule(
     bad_at = bad_file_ticks(ticks, bad_files)
     earlier: dict[str, Any] | None = None
     for tick in ticks:
-        generated = generator.lambda_handler(scheduled_event(tick), None)
+        generated = invoke(
+            generator, "generator", scheduled_event(tick), f"the scheduled event of {tick:%Y-%m-%dT%H:%MZ}"
+        )
         summary.ticks += 1
         summary.raw_files += 1
         summary.records_generated += int(generated["count"])
         key = str(generated["key"])
         if earlier is None:
             earlier = first_record(s3, bucket, key)
-        _add(summary, transformer.lambda_handler(s3_event_for(s3, bucket, key, tick), None))
+        _add(summary, invoke(transformer, "transformer", s3_event_for(s3, bucket, key, tick), key))
         if tick in bad_at:
             bad_key = (
                 f"raw/year={tick:%Y}/month={tick:%m}/day={tick:%d}/hand-upload {tick:%Y%m%dT%H%M%SZ}.json"
@@ -179,7 +194,9 @@ def run_schedule(
             s3.put_object(Bucket=bucket, Key=bad_key, Body=bad_batch(tick, rng, earlier))
             summary.raw_files += 1
             summary.bad_files.append(bad_key)
-            _add(summary, transformer.lambda_handler(s3_event_for(s3, bucket, bad_key, tick), None))
+            _add(
+                summary, invoke(transformer, "transformer", s3_event_for(s3, bucket, bad_key, tick), bad_key)
+            )
         if on_tick is not None:
             on_tick(summary)
     return summary

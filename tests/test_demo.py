@@ -15,7 +15,7 @@ import pytest
 
 from local import catalog, demo, pipeline
 from local.events import s3_put_event, scheduled_event
-from tests.conftest import load_event
+from tests.conftest import load_event, load_lambda
 
 END = "2026-11-25T00:30:00Z"  # the ticks cross midnight
 
@@ -149,3 +149,19 @@ def test_schedule_ticks_every_five_minutes_up_to_the_end():
     assert all((b - a).total_seconds() == 300 for a, b in itertools.pairwise(ticks))
     with pytest.raises(ValueError, match="days must be positive"):
         pipeline.schedule(ticks[-1], 0)
+
+
+def test_a_failing_handler_stops_the_demo_with_a_message_naming_it(tmp_path, capsys, monkeypatch):
+    transformer = load_lambda("transformer")
+
+    def broken(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(transformer, "lambda_handler", broken)
+    assert demo.main(_args(tmp_path)) == 1
+    captured = capsys.readouterr()
+    assert re.search(
+        r"the transformer handler failed on raw/year=2026/month=11/day=2\d/transactions-", captured.err
+    )
+    assert "RuntimeError: disk full" in captured.err
+    assert not _listening(_port(captured.out))
