@@ -149,9 +149,9 @@ class Expected:
     [
         (
             "GeneratorFunction",
-            Expected("generator", 256, 60, {"BUCKET_NAME": BUCKET, "TRANSACTIONS_PER_RUN": "1"}, 1),
+            Expected("generator", 128, 30, {"BUCKET_NAME": BUCKET, "TRANSACTIONS_PER_RUN": "1"}, 1),
         ),
-        ("TransformerFunction", Expected("transformer", 1024, 120, {"BUCKET_NAME": BUCKET}, 5)),
+        ("TransformerFunction", Expected("transformer", 512, 120, {"BUCKET_NAME": BUCKET}, 5)),
     ],
 )
 def test_function_runs_the_repositorys_handler_file_with_the_stacks_settings(
