@@ -13,8 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+from moto import mock_aws
 
+from tests.conftest import REGION
 from tests.infra.cfn import (
     CONSOLE_BUCKET_PLACEHOLDER,
     CONSOLE_STACK_NAME,
@@ -70,7 +73,9 @@ def _template_role_policy(role: str) -> dict[str, Any]:
 
 
 def _all_policy_files() -> Iterator[Path]:
-    yield from sorted(p for p in (INFRA / "iam").glob("*-policy.json") if "trust" not in p.name)
+    # Identity policies only: the trust policies and the bucket policy (a Deny) are checked on their own.
+    skip = {"bucket-policy.json", "lambda-trust-policy.json", "glue-trust-policy.json"}
+    yield from sorted(p for p in (INFRA / "iam").glob("*-policy.json") if p.name not in skip)
 
 
 @pytest.mark.parametrize("role", sorted(ROLE_POLICY_FILES))
@@ -222,3 +227,59 @@ def test_dashboard_metric_widgets_name_a_region_and_only_metrics_the_pipeline_ha
             else:
                 assert namespace == "EcommercePipeline"
                 assert dimensions == [], "the handlers' metrics have no dimensions"
+
+
+def test_console_bucket_policy_is_the_stacks_tls_only_policy() -> None:
+    stack = resolve(TEMPLATE["Resources"]["DataBucketPolicy"]["Properties"]["PolicyDocument"], VALUES)
+
+    assert _json(INFRA / "iam" / "bucket-policy.json") == stack
+
+
+def fill(path: Path, bucket: str, account: str, region: str) -> str:
+    """A console file with its placeholders replaced, as README's `fill` shell function does it."""
+    text = path.read_text(encoding="utf-8")
+    return text.replace("BUCKET_NAME", bucket).replace("ACCOUNT_ID", account).replace("REGION", region)
+
+
+def test_console_files_are_accepted_by_the_aws_apis_readme_pastes_them_into(aws_credentials: None) -> None:
+    bucket, account, region = "my-pipeline-bucket", "123456789012", REGION
+    iam_dir = INFRA / "iam"
+    with mock_aws():
+        iam = boto3.client("iam", region_name=region)
+        for role, trust, policy in [
+            ("ecommerce-generator-role", "lambda-trust-policy.json", "generator-policy.json"),
+            ("ecommerce-transformer-role", "lambda-trust-policy.json", "transformer-policy.json"),
+            ("ecommerce-crawler-role", "glue-trust-policy.json", "crawler-policy.json"),
+        ]:
+            iam.create_role(
+                RoleName=role, AssumeRolePolicyDocument=(iam_dir / trust).read_text(encoding="utf-8")
+            )
+            document = fill(iam_dir / policy, bucket, account, region)
+            iam.put_role_policy(
+                RoleName=role, PolicyName=policy.removesuffix("-policy.json"), PolicyDocument=document
+            )
+            assert "BUCKET_NAME" not in document
+            assert "ACCOUNT_ID" not in document
+            assert "REGION" not in document
+        s3 = boto3.client("s3", region_name=region)
+        s3.create_bucket(Bucket=bucket)
+        s3.put_bucket_policy(
+            Bucket=bucket, Policy=fill(iam_dir / "bucket-policy.json", bucket, account, region)
+        )
+
+        topic = boto3.client("sns", region_name=region).create_topic(Name=f"{CONSOLE_STACK_NAME}-alerts")[
+            "TopicArn"
+        ]
+        cloudwatch = boto3.client("cloudwatch", region_name=region)
+        for path in ALARM_FILES.values():
+            cloudwatch.put_metric_alarm(**json.loads(fill(path, bucket, account, region)))
+        dashboard_body = (INFRA / "dashboard.json").read_text(encoding="utf-8").replace("us-east-1", region)
+        cloudwatch.put_dashboard(DashboardName=CONSOLE_STACK_NAME, DashboardBody=dashboard_body)
+
+        alarms = cloudwatch.describe_alarms()["MetricAlarms"]
+        assert len(alarms) == len(ALARM_FILES)
+        for alarm in alarms:
+            assert alarm["AlarmActions"] == [topic]
+        assert json.loads(cloudwatch.get_dashboard(DashboardName=CONSOLE_STACK_NAME)["DashboardBody"])[
+            "widgets"
+        ]
