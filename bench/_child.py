@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import statistics
 import sys
 import time
@@ -23,8 +24,13 @@ RESULT_MARK = "BENCH_RESULT "
 
 
 def load_handler(name: str) -> ModuleType:
-    """lambda/<name>/lambda_function.py imported as the console does: module name lambda_function."""
+    """lambda/<name>/lambda_function.py imported as the console does: module name lambda_function.
+
+    BENCH_TRANSFORMER_PATH (set by `bench.run --transformer FILE`) measures a candidate file instead.
+    """
     path = ROOT / "lambda" / name / "lambda_function.py"
+    if name == "transformer" and os.environ.get("BENCH_TRANSFORMER_PATH"):
+        path = Path(os.environ["BENCH_TRANSFORMER_PATH"]).resolve()
     spec = importlib.util.spec_from_file_location("lambda_function", path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load {path}")

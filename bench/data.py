@@ -64,14 +64,21 @@ def clean_file(directory: Path, records: int, seed: int, workers: int) -> Path:
 
 
 def malformed_file(clean: Path, every: int = 100) -> Path:
-    """The clean file with one line in `every` cut in half (malformed JSON): 1% bad lines by default."""
-    path = clean.with_name(clean.stem + f"-bad{every}.json")
+    """The clean file with one line in `every` made malformed JSON (1% by default), two ways in turn:
+    cut in half (truncated upload), or with one colon removed (still ends in "}", so a shallow
+    check on the line's shape does not catch it)."""
+    path = clean.with_name(clean.stem + f"-malformed{every}.json")
     if path.exists():
         return path
     partial = path.with_suffix(".partial")
     with clean.open("rb") as src, partial.open("wb") as out:
         for number, line in enumerate(src):
-            out.write(line[: len(line) // 2] + b"\n" if number % every == every // 2 else line)
+            if number % every != every // 2:
+                out.write(line)
+            elif (number // every) % 2 == 0:
+                out.write(line[: len(line) // 2] + b"\n")
+            else:
+                out.write(line.replace(b'": ', b'" ', 1))
     partial.replace(path)
     return path
 
