@@ -56,9 +56,14 @@ def clean_file(directory: Path, records: int, seed: int, workers: int) -> Path:
         return path
     directory.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
-    with partial.open("wb") as out, ProcessPoolExecutor(max_workers=workers) as pool:
-        for body in pool.map(_chunk, _chunks(records, seed), chunksize=4):
-            out.write(body)
+    with partial.open("wb") as out:
+        if workers <= 1:
+            for args in _chunks(records, seed):
+                out.write(_chunk(args))
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                for body in pool.map(_chunk, _chunks(records, seed), chunksize=4):
+                    out.write(body)
     partial.replace(path)
     return path
 
