@@ -7,6 +7,7 @@ import logging
 import random
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -208,14 +209,17 @@ def iter_keys(s3: S3Client, bucket: str) -> Iterator[str]:
             yield item["Key"]
 
 
-def download_bucket(s3: S3Client, bucket: str, dest: Path) -> int:
-    """Copy every object of the bucket to dest/<key>; returns the number of objects."""
-    count = 0
+def download_bucket(s3: S3Client, bucket: str, dest: Path, workers: int = 8) -> int:
+    """Copy every object of the bucket to dest/<key>, a few at a time; returns the number of objects."""
+    root = dest.resolve()
+    targets = []
     for key in iter_keys(s3, bucket):
-        target = dest / key
-        if dest.resolve() not in target.resolve().parents:
+        target = (dest / key).resolve()
+        if root not in target.parents:
             raise ValueError(f"object key {key!r} would be written outside {dest}")
         target.parent.mkdir(parents=True, exist_ok=True)
-        s3.download_file(bucket, key, str(target))
-        count += 1
-    return count
+        targets.append((key, target))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        # list() re-raises the first failed download here.
+        list(pool.map(lambda item: s3.download_file(bucket, item[0], str(item[1])), targets))
+    return len(targets)
