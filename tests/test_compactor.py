@@ -434,7 +434,7 @@ def test_the_sidecar_manifest_outside_the_table_lists_each_raw_file_with_its_row
         Bucket=BUCKET, Key="compaction/transactions/year=2026/month=11/day=25/manifest.jsonl"
     )
     lines = [json.loads(line) for line in body["Body"].read().decode().splitlines()]
-    assert [line["rows"] for line in lines] == [t.num_rows for t in day_of_files]
+    assert [line["row_count"] for line in lines] == [t.num_rows for t in day_of_files]
     assert lines[0]["file_stem"] == "transactions-20261125T000500Z-00000000"
     assert {line["compacted_key"] for line in lines} == {COMPACTED}
 

@@ -50,6 +50,7 @@ _logger.setLevel(os.environ.get("LOG_LEVEL", "INFO"))
 PROCESSED_PREFIX = "processed/transactions/"
 # Outside the table's location: a queryable copy of each day's manifest (ecommerce_db.compaction_manifest),
 # so that SQL can still count processed rows per raw file once they live in the compacted file.
+# One line per source: compacted_key, source_key, file_stem, row_count, etag.
 SIDECAR_PREFIX = "compaction/transactions/"
 COMPACTED_STEM_PREFIX = "compacted-"
 MANIFEST_KEY = b"compaction_manifest"
@@ -412,7 +413,7 @@ def sidecar_lines(compacted: str, sources: Sequence[Source]) -> bytes:
                 "compacted_key": compacted,
                 "source_key": s.key,
                 "file_stem": s.key.rsplit("/", 1)[-1].removesuffix(".parquet"),
-                "rows": s.rows,
+                "row_count": s.rows,
                 "etag": s.etag,
             }
         )
