@@ -50,8 +50,9 @@ QUARANTINE_PREFIX = "quarantine/"
 METRICS_NAMESPACE = "EcommercePipeline"
 
 # Lines are read from S3 and validated in blocks of about this many bytes: memory stays flat however big
-# the object is, and each block is big enough for pyarrow's reader to run at full speed.
-BLOCK_BYTES = 16 * 1024 * 1024
+# the object is, and each block is big enough for pyarrow's reader to run at full speed (16 MiB was
+# measured 10% faster and 50 MiB heavier on a 1M-record file).
+BLOCK_BYTES = 8 * 1024 * 1024
 # A file that is one JSON document (an array, or one pretty-printed object) has to be parsed whole;
 # beyond this size it is read as JSON Lines instead.
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
@@ -649,13 +650,15 @@ def iter_blocks(chunks: Iterable[bytes], block_bytes: int = BLOCK_BYTES) -> Iter
     size = 0
     line = 1
     for chunk in chunks:
-        parts.append(chunk)
         size += len(chunk)
-        if size < block_bytes or b"\n" not in chunk:
+        cut = chunk.rfind(b"\n") + 1 if size >= block_bytes else 0
+        if not cut:
+            parts.append(chunk)
             continue
-        joined = b"".join(parts)
-        cut = joined.rfind(b"\n") + 1
-        block, rest = joined[:cut], joined[cut:]
+        # One copy into the block; the tail of the chunk starts the next one.
+        parts.append(chunk[:cut])
+        block = b"".join(parts)
+        rest = chunk[cut:]
         parts, size = ([rest], len(rest)) if rest else ([], 0)
         newlines = block.count(b"\n")
         yield line, block, newlines
@@ -694,8 +697,9 @@ def fingerprints(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         rows = np.flatnonzero(lengths == length)
         width = int(-(-int(length) // 8) * 8) or 8
         padded = np.zeros((len(rows), width), dtype=np.uint8)
-        if length:
-            padded[:, : int(length)] = data[starts[rows, None] + np.arange(int(length))]
+        row_starts = starts[rows]
+        for k in range(int(length)):  # column by column: no index matrix of rows x length
+            padded[:, k] = data[row_starts + k]
         words = padded.view(np.uint64)
         a = np.full(len(rows), length, dtype=np.uint64) * _GOLDEN
         b = np.full(len(rows), length, dtype=np.uint64) ^ np.uint64(0xD6E8FEB86659FD93)
@@ -919,6 +923,9 @@ def _transform_lines(
         else:
             result.exact_blocks += 1
         _emit(block_result, outputs, seen, result)
+        # Hand the block's buffers back to the OS now rather than when the allocator decides: peak memory
+        # then stays near one block's working set (the transformer runs in 512 MB).
+        pa.default_memory_pool().release_unused()
 
 
 def _transform_records(records: list[Any], outputs: _Outputs, seen: SeenIds, result: TransformResult) -> None:
