@@ -1,17 +1,26 @@
-# Two commands do all the set-up: `make test` and `make demo`. Each creates .venv when it is missing.
+# Two commands do all the set-up: `make test` and `make demo`. Each creates the venvs it needs when missing.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
+# checkov pins boto3 1.35, which cannot share .venv with the pipeline's boto3 1.42.68: it gets its own venv.
+TOOLS_VENV   := .venv-tools
+TOOLS_STAMP  := $(TOOLS_VENV)/.installed
+# diagrams + graphviz, only for redrawing images/architecture.png (CI never needs them).
+IMAGES_VENV  := .venv-images
+IMAGES_STAMP := $(IMAGES_VENV)/.installed
 
-.PHONY: help venv lint format typecheck test demo bench images clean
+.PHONY: help venv tools lint format typecheck test demo bench images architecture deploy destroy clean
 
 help:
-	@echo "make test    - lint, type-check and run every test (creates .venv)"
+	@echo "make test    - lint, type-check and run every test (creates .venv and .venv-tools)"
 	@echo "make demo    - run the whole pipeline locally on an embedded S3 (creates .venv)"
-	@echo "make bench   - performance benchmark"
+	@echo "make bench   - performance benchmark (make bench ARGS=--quick for a short run)"
+	@echo "make images  - redraw images/architecture.png (needs graphviz; installed with apt-get as root)"
+	@echo "make deploy  - deploy the stack to AWS: make deploy BUCKET=<new bucket> EMAIL=<alerts address>"
+	@echo "make destroy - delete the stack (the data bucket is kept)"
 	@echo "make format  - apply ruff's formatting and safe fixes"
-	@echo "make clean   - remove .venv and local output"
+	@echo "make clean   - remove the venvs and local output"
 
 $(STAMP): requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed; run: make PYTHON=python3.12 ...")'
@@ -22,21 +31,30 @@ $(STAMP): requirements-dev.txt
 
 venv: $(STAMP)
 
+$(TOOLS_STAMP): infra/requirements-checkov.txt
+	$(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TOOLS_VENV)/bin/python -m pip install --quiet -r infra/requirements-checkov.txt
+	@touch $(TOOLS_STAMP)
+
+tools: $(TOOLS_STAMP)
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# The two handlers share a module name (lambda_function), so mypy checks each on its own.
+# The handlers share a module name (lambda_function), so mypy checks each on its own.
 typecheck: venv
 	$(BIN)/mypy lambda/generator/lambda_function.py
 	$(BIN)/mypy lambda/transformer/lambda_function.py
-	$(BIN)/mypy tests
+	$(BIN)/mypy lambda/compactor/lambda_function.py
+	$(BIN)/mypy tests local tools bench infra/diagram.py
 
 format: venv
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint typecheck
+test: lint typecheck tools
 	$(BIN)/python -m pytest
 
 demo: venv
@@ -45,5 +63,39 @@ demo: venv
 bench: venv
 	$(BIN)/python -m bench.run $(ARGS)
 
+$(IMAGES_STAMP): infra/requirements-diagram.txt
+	$(PYTHON) -m venv $(IMAGES_VENV)
+	$(IMAGES_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(IMAGES_VENV)/bin/python -m pip install --quiet -r infra/requirements-diagram.txt
+	@touch $(IMAGES_STAMP)
+
+images: architecture
+
+# Draws images/architecture.png with graphviz's dot (installed here with apt-get when run as root).
+# The charts in images/ are redrawn by every `make demo`.
+architecture: $(IMAGES_STAMP)
+	@command -v dot >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq graphviz >/dev/null; } || { echo "make images needs graphviz's dot: apt-get install graphviz, or brew install graphviz"; exit 1; }
+	$(IMAGES_VENV)/bin/python infra/diagram.py images/architecture.png
+
+# Deployment to AWS: needs the AWS CLI and credentials; tests and CI never run these.
+AWS       ?= aws
+STACK     ?= ecommerce
+ARTIFACTS ?= $(BUCKET)-artifacts
+PARAMS    ?=
+
+deploy:
+	@test -n "$(BUCKET)" -a -n "$(EMAIL)" || { echo "usage: make deploy BUCKET=<new bucket name> EMAIL=<alert address> [STACK=$(STACK)] [PARAMS='Name=Value ...']"; exit 2; }
+	$(AWS) s3api head-bucket --bucket $(ARTIFACTS) 2>/dev/null || $(AWS) s3 mb s3://$(ARTIFACTS)
+	mkdir -p build
+	$(AWS) cloudformation package --template-file infra/template.yaml --s3-bucket $(ARTIFACTS) --s3-prefix $(STACK) --output-template-file build/packaged.yaml
+	$(AWS) cloudformation deploy --template-file build/packaged.yaml --stack-name $(STACK) --capabilities CAPABILITY_IAM --parameter-overrides BucketName=$(BUCKET) AlertEmail=$(EMAIL) $(PARAMS)
+	$(AWS) cloudformation describe-stacks --stack-name $(STACK) --query "Stacks[0].Outputs" --output table
+
+destroy:
+	$(AWS) cloudformation delete-stack --stack-name $(STACK)
+	$(AWS) cloudformation wait stack-delete-complete --stack-name $(STACK)
+	@echo "Stack $(STACK) deleted. Its bucket is kept (DeletionPolicy: Retain); to delete it and all its data:"
+	@echo "  $(AWS) s3 rb s3://<bucket> --force   and the artifacts bucket: $(AWS) s3 rb s3://<bucket>-artifacts --force"
+
 clean:
-	rm -rf $(VENV) local/out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS_VENV) $(IMAGES_VENV) build local/out bench/out .pytest_cache .mypy_cache .ruff_cache
