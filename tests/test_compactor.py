@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from bench._child import s3_event
 from tests.conftest import BUCKET, ROOT, load_lambda
 
 compactor = load_lambda("compactor")
@@ -450,3 +451,35 @@ def test_crash_between_the_compacted_file_and_its_sidecar_is_completed_by_the_re
     assert keys(s3) == [COMPACTED]
     assert_exactly(s3, *day_of_files)
     assert keys(s3, "compaction/") == ["compaction/transactions/year=2026/month=11/day=25/manifest.jsonl"]
+
+
+@pytest.mark.integration
+def test_real_pipeline_redelivery_after_compaction_leaves_every_raw_record_once(
+    s3, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    """GIVEN a day written by the real generator and transformer and compacted, WHEN S3 redelivers the
+    event of one raw file, THEN the transformer's rewrite is byte-identical (same ETag) to the copy inside
+    the compacted file, so the next run only deletes it and each raw record is in the table once."""
+    generator, transformer = load_lambda("generator"), load_lambda("transformer")
+    monkeypatch.setattr(transformer, "s3_client", lambda: s3)
+    run_config = generator.Config(bucket=BUCKET, transactions_per_run=3, seed=42)
+    raw_keys = []
+    for minute in range(5, 24 * 60, 120):
+        tick = datetime(2026, 11, 25, tzinfo=UTC) + timedelta(minutes=minute)
+        key, body, _ = generator.generate_run(run_config, tick)
+        s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+        transformer.lambda_handler(s3_event(BUCKET, key), None)
+        raw_keys.append(key)
+    expected = what_a_query_sees(s3)
+    compactor.compact_day(s3, config(), DAY)
+    stem = raw_keys[3].rsplit("/", 1)[1].removesuffix(".json")
+
+    transformer.lambda_handler(s3_event(BUCKET, raw_keys[3]), None)
+    assert what_a_query_sees(s3).num_rows > expected.num_rows  # the window until the next run
+    result = compactor.compact_day(s3, config(), DAY)
+
+    assert result["action"] == "finished"
+    assert keys(s3) == [COMPACTED]
+    assert sorted_rows(what_a_query_sees(s3)).equals(sorted_rows(expected))
+    assert stem in {s["key"].rsplit("/", 1)[1].removesuffix(".parquet") for s in manifest_of(s3)["sources"]}
+    capsys.readouterr()
