@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bench._child import s3_event
-from tests.conftest import BUCKET, ROOT, load_lambda
+from tests.conftest import BUCKET, load_event, load_lambda
 
 compactor = load_lambda("compactor")
 
@@ -404,7 +404,7 @@ def test_handler_on_the_sample_schedule_event_compacts_yesterday_and_reports_met
 ):
     monkeypatch.setenv("BUCKET_NAME", BUCKET)
     compactor.s3_client.cache_clear()
-    event = json.loads((ROOT / "lambda" / "compactor" / "sample_event.json").read_text(encoding="utf-8"))
+    event = load_event("compactor_scheduled_event.json")
     try:
         result = compactor.lambda_handler(event, None)
     finally:
