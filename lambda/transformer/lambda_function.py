@@ -13,6 +13,7 @@ UTC date of their timestamp, in row groups, and uploaded; rejects go to one JSON
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -56,6 +57,11 @@ BLOCK_BYTES = 8 * 1024 * 1024
 # A file that is one JSON document (an array, or one pretty-printed object) has to be parsed whole;
 # beyond this size it is read as JSON Lines instead.
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
+# Outputs of a raw object up to this size are built in memory; bigger ones in a temporary directory (/tmp).
+IN_MEMORY_BYTES = 8 * 1024 * 1024
+# A block of fewer lines than this goes straight to the exact path: pyarrow's reader has a fixed cost of
+# about 0.7 ms per call, more than validating a few lines one by one (measured by bench/micro.py).
+SMALL_BLOCK_LINES = 32
 
 # ---------------------------------------------------------------------------------------------------
 # The contract's schema (CONTRACT.md). The generator and the DDL in sql/ carry the same lists; a test
@@ -485,6 +491,44 @@ def _parse_timestamps(text: pa.Array) -> pa.Array:
         return pa.array([parse_timestamp(v) if v is not None else None for v in text.to_pylist()], TIMESTAMP)
 
 
+def _min_max(values: pa.ChunkedArray) -> tuple[Any, Any]:
+    result = pc.min_max(values)
+    return result["min"].as_py(), result["max"].as_py()
+
+
+def _valid_rows(table: pa.Table, timestamps: pa.Array) -> pa.Array | None:
+    """Which rows pass every rule, or None when all do. Each rule is checked on the whole column first (a
+    cheap aggregate); a row mask is built only for a rule that some row breaks, in clean data none."""
+    quantity = table["quantity"]
+    price = table["price"]
+    total = table["total_amount"]
+    masks = [pc.is_valid(table[name]) for name in RAW_FIELDS if table[name].null_count]
+    for name in (*STRING_FIELDS, "timestamp"):
+        column = table[name]
+        length = pc.binary_length(column)
+        spaces = pc.utf8_is_space(column)  # true for whitespace-only strings, false for ""
+        if (pc.min(length).as_py() or 0) == 0 or pc.any(spaces).as_py():
+            masks.append(pc.and_kleene(pc.greater(length, 0), pc.invert(spaces)))
+    if timestamps.null_count:
+        masks.append(pc.is_valid(timestamps))
+    low, high = _min_max(quantity)
+    if low is not None and (low < 1 or high > INT32_MAX):
+        masks.append(pc.and_kleene(pc.greater_equal(quantity, 1), pc.less_equal(quantity, INT32_MAX)))
+    for money in (price, total):
+        low, high = _min_max(money)
+        if low is not None and (low < 0 or high > MONEY_MAX):
+            # pyarrow's reader can put 123456789.00 in a decimal(10,2) column without complaint.
+            zero, top = pa.scalar(Decimal(0), MONEY), pa.scalar(MONEY_MAX, MONEY)
+            masks.append(pc.and_kleene(pc.greater_equal(money, zero), pc.less_equal(money, top)))
+    totals_match = pc.equal(total, pc.multiply(price, pc.cast(quantity, pa.decimal128(19, 0))))
+    if not pc.all(totals_match).as_py():
+        masks.append(totals_match)
+    if not masks:
+        return None
+    valid = pc.fill_null(functools.reduce(pc.and_kleene, masks), False)
+    return valid.combine_chunks() if isinstance(valid, pa.ChunkedArray) else valid
+
+
 def fast_block(
     block: bytes, first_line: int, newlines: int | None = None, numbers: np.ndarray | None = None
 ) -> BlockResult:
@@ -525,28 +569,10 @@ def fast_block(
     timestamps = _parse_timestamps(
         table["timestamp"].chunk(0) if table.num_rows else pa.array([], pa.string())
     )
-    quantity = table["quantity"]
-    price = table["price"]
-    total = table["total_amount"]
-    checks = [pc.is_valid(table[name]) for name in RAW_FIELDS if table[name].null_count]
-    checks += [pc.invert(pc.equal(pc.utf8_trim_whitespace(table[name]), "")) for name in STRING_FIELDS]
-    checks += [
-        pc.invert(pc.equal(pc.utf8_trim_whitespace(table["timestamp"]), "")),
-        pc.is_valid(timestamps),
-        pc.greater_equal(quantity, 1),
-        pc.less_equal(quantity, INT32_MAX),
-        pc.greater_equal(price, pa.scalar(Decimal(0), MONEY)),
-        pc.greater_equal(total, pa.scalar(Decimal(0), MONEY)),
-        # pyarrow's reader can put 123456789.00 in a decimal(10,2) column without complaint: check the bound.
-        pc.less_equal(price, pa.scalar(MONEY_MAX, MONEY)),
-        pc.less_equal(total, pa.scalar(MONEY_MAX, MONEY)),
-        pc.equal(total, pc.multiply(price, pc.cast(quantity, pa.decimal128(19, 0)))),
-    ]
-    valid = functools.reduce(pc.and_kleene, checks)
-    valid = pc.fill_null(valid, False)
+    valid = _valid_rows(table, timestamps)
 
     rejects: list[RejectedLine] = []
-    bad = pc.indices_nonzero(pc.invert(valid)).to_pylist()
+    bad = [] if valid is None else pc.indices_nonzero(pc.invert(valid)).to_pylist()
     for index in bad:
         number = int(numbers[index])
         text = text_of(number)
@@ -557,21 +583,18 @@ def fast_block(
             raise _NeedsExactPathError(f"line {number}: fast path rejected a row the exact path accepts")
         rejects.append(RejectedLine(number, result.reason, result.detail, text))
 
-    if isinstance(valid, pa.ChunkedArray):
-        valid = valid.combine_chunks()
-    all_valid = valid.false_count == 0
     good = pa.table(
         [
             table["transaction_id"],
             timestamps,
             *(table[name] for name in STRING_FIELDS[1:]),
-            pc.cast(quantity, pa.int32(), safe=False),
-            price,
-            total,
+            pc.cast(table["quantity"], pa.int32(), safe=False),
+            table["price"],
+            table["total_amount"],
         ],
         names=list(RAW_FIELDS),
     )
-    if not all_valid:
+    if valid is not None and valid.false_count:
         good = good.filter(valid)
         numbers = numbers[valid.to_numpy(zero_copy_only=False)]
     return BlockResult(good, numbers, rejects, True, text_of)
@@ -622,6 +645,10 @@ def salvage_block(block: bytes, first_line: int) -> BlockResult | None:
 def validate_block(block: bytes, first_line: int, newlines: int | None = None) -> BlockResult:
     """The fast path when pyarrow can read the block as the contract's types; else the fast path for the
     lines that look right and the exact path for the others; else the exact path for the whole block."""
+    if newlines is None:
+        newlines = block.count(b"\n")
+    if newlines < SMALL_BLOCK_LINES:
+        return exact_block(block, first_line)
     try:
         return fast_block(block, first_line, newlines)
     except _NeedsExactPathError:
@@ -786,17 +813,35 @@ class TransformResult:
     rows_written: int = 0
     quarantined: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
-    processed_files: dict[date, Path] = field(default_factory=dict)
+    processed_files: dict[date, Output] = field(default_factory=dict)
     processed_rows: dict[date, int] = field(default_factory=dict)
-    quarantine_file: Path | None = None
+    quarantine_file: Output | None = None
     fast_blocks: int = 0
     exact_blocks: int = 0
 
 
-class _Outputs:
-    """Parquet writers, one per UTC date, and the quarantine file, all in a local working directory."""
+class Output:
+    """One output object being written: a file in a working directory, or memory for small objects (the
+    usual one-to-a-few-record file, where a temporary directory costs more than the work)."""
 
-    def __init__(self, workdir: Path, source_key: str, result: TransformResult) -> None:
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._buffer: Any = pa.BufferOutputStream() if path is None else None
+
+    def sink(self) -> str | pa.BufferOutputStream:
+        return str(self.path) if self.path is not None else self._buffer
+
+    def body(self) -> Any:
+        """What to upload: the bytes, or an open binary file (the caller closes it)."""
+        if self.path is not None:
+            return self.path.open("rb")
+        return self._buffer.getvalue().to_pybytes()
+
+
+class _Outputs:
+    """Parquet writers, one per UTC date, and the quarantine file: in `workdir`, or in memory if None."""
+
+    def __init__(self, workdir: Path | None, source_key: str, result: TransformResult) -> None:
         self.workdir = workdir
         self.source_key = source_key
         self.result = result
@@ -811,12 +856,18 @@ class _Outputs:
             part = table.filter(pc.equal(days, pa.scalar(day, pa.date32())))
             writer = self._writers.get(day)
             if writer is None:
-                path = self.workdir / f"{day.isoformat()}.parquet"
+                output = Output(self.workdir / f"{day.isoformat()}.parquet" if self.workdir else None)
                 writer = pq.ParquetWriter(
-                    path, PROCESSED_SCHEMA, compression="snappy", coerce_timestamps="ms", version="2.6"
+                    output.sink(),
+                    PROCESSED_SCHEMA,
+                    compression="snappy",
+                    coerce_timestamps="ms",
+                    version="2.6",
+                    # transaction_id is unique per row: a dictionary for it is built only to be thrown away.
+                    use_dictionary=["customer_id", "product_id", "product_name", "category"],
                 )
                 self._writers[day] = writer
-                self.result.processed_files[day] = path
+                self.result.processed_files[day] = output
                 self.result.processed_rows[day] = 0
             writer.write_table(part)
             self.result.processed_rows[day] += part.num_rows
@@ -824,9 +875,9 @@ class _Outputs:
 
     def write_reject(self, line: int, reason: str, detail: str, record: str) -> None:
         if self._quarantine is None:
-            path = self.workdir / "quarantine.jsonl"
-            self._quarantine = path.open("w", encoding="utf-8")
-            self.result.quarantine_file = path
+            output = Output(self.workdir / "quarantine.jsonl" if self.workdir else None)
+            self._quarantine = pa.output_stream(output.sink(), compression=None)
+            self.result.quarantine_file = output
         entry = {
             "source_key": self.source_key,
             "line": line,
@@ -834,7 +885,7 @@ class _Outputs:
             "detail": detail,
             "record": record,
         }
-        self._quarantine.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        self._quarantine.write((json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8"))
         self.result.quarantined += 1
         self.result.reasons[reason] = self.result.reasons.get(reason, 0) + 1
 
@@ -869,7 +920,7 @@ def _is_json(text: bytes) -> bool:
 def transform_stream(
     chunks: Iterable[bytes],
     source_key: str,
-    workdir: Path,
+    workdir: Path | None,
     size_hint: int | None = None,
     block_bytes: int | None = None,
 ) -> TransformResult:
@@ -1013,16 +1064,18 @@ def process_object(
             return None
         raise TransformerError(f"cannot read {where}: {code or e}") from e
     size = int(response.get("ContentLength", 0))
-    with tempfile.TemporaryDirectory(prefix="transform-") as tmp:
-        workdir = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        workdir = None
+        if size > IN_MEMORY_BYTES:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="transform-")))
         try:
             result = transform_stream(_chunks(response["Body"]), obj.key, workdir, size_hint=size)
         except ClientError as e:
             raise TransformerError(f"failed while reading {where}: {e}") from e
         written: list[str] = []
-        for day, path in sorted(result.processed_files.items()):
+        for day, output in sorted(result.processed_files.items()):
             key = plan.processed_key(day)
-            _upload(s3, path, output_bucket, key, "application/vnd.apache.parquet")
+            _upload(s3, output, output_bucket, key, "application/vnd.apache.parquet")
             written.append(key)
         if result.quarantine_file is not None:
             key = plan.quarantine_key()
@@ -1045,13 +1098,16 @@ def process_object(
     return summary
 
 
-def _upload(s3: S3Client, path: Path, bucket: str, key: str, content_type: str) -> None:
+def _upload(s3: S3Client, output: Output, bucket: str, key: str, content_type: str) -> None:
+    body = output.body()
     try:
-        with path.open("rb") as f:
-            s3.put_object(Bucket=bucket, Key=key, Body=f, ContentType=content_type)
+        s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
     except ClientError as e:
         code = e.response.get("Error", {}).get("Code", "")
         raise TransformerError(f"cannot write s3://{bucket}/{key}: {code or e}") from e
+    finally:
+        if not isinstance(body, bytes):
+            body.close()
 
 
 def metrics_line(summary: Mapping[str, Any], at: datetime) -> str:
