@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
@@ -62,6 +63,8 @@ IN_MEMORY_BYTES = 8 * 1024 * 1024
 # A block of fewer lines than this goes straight to the exact path: pyarrow's reader has a fixed cost of
 # about 0.7 ms per call, more than validating a few lines one by one (measured by bench/micro.py).
 SMALL_BLOCK_LINES = 32
+# Blocks with at least this many valid rows are written to Parquet by a background thread.
+BACKGROUND_WRITE_ROWS = 10_000
 
 # ---------------------------------------------------------------------------------------------------
 # The contract's schema (CONTRACT.md). The generator and the DDL in sql/ carry the same lists; a test
@@ -847,10 +850,31 @@ class _Outputs:
         self.result = result
         self._writers: dict[date, pq.ParquetWriter] = {}
         self._quarantine: Any = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: Future[None] | None = None
 
     def write_rows(self, table: pa.Table) -> None:
+        """Write valid rows to the file of their date. A big block is written by a background thread while
+        the next block is read and validated (pyarrow releases the GIL): at most one block in flight."""
         if table.num_rows == 0:
             return
+        jobs = self._parts(table)
+        if table.num_rows < BACKGROUND_WRITE_ROWS:
+            _write_parts(jobs)
+            return
+        self.wait()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer")
+        self._pending = self._pool.submit(_write_parts, jobs)
+
+    def wait(self) -> None:
+        """Wait for the block being written, raising what its write raised."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def _parts(self, table: pa.Table) -> list[tuple[pq.ParquetWriter, pa.Table]]:
+        jobs = []
         days = pc.cast(table["timestamp"], pa.date32())
         for day in pc.unique(days).to_pylist():
             part = table.filter(pc.equal(days, pa.scalar(day, pa.date32())))
@@ -869,9 +893,10 @@ class _Outputs:
                 self._writers[day] = writer
                 self.result.processed_files[day] = output
                 self.result.processed_rows[day] = 0
-            writer.write_table(part)
+            jobs.append((writer, part))
             self.result.processed_rows[day] += part.num_rows
             self.result.rows_written += part.num_rows
+        return jobs
 
     def write_reject(self, line: int, reason: str, detail: str, record: str) -> None:
         if self._quarantine is None:
@@ -890,10 +915,20 @@ class _Outputs:
         self.result.reasons[reason] = self.result.reasons.get(reason, 0) + 1
 
     def close(self) -> None:
-        for writer in self._writers.values():
-            writer.close()
-        if self._quarantine is not None:
-            self._quarantine.close()
+        try:
+            self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+            for writer in self._writers.values():
+                writer.close()
+            if self._quarantine is not None:
+                self._quarantine.close()
+
+
+def _write_parts(jobs: list[tuple[pq.ParquetWriter, pa.Table]]) -> None:
+    for writer, part in jobs:
+        writer.write_table(part)
 
 
 def _document_records(document: bytes) -> list[Any] | None:
