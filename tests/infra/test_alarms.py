@@ -168,6 +168,16 @@ def handlers(s3: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, An
         module.s3_client.cache_clear()
 
 
+@pytest.fixture
+def compactor(s3: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The real compactor against moto's S3 (the `s3` fixture's mock is active)."""
+    monkeypatch.setenv("BUCKET_NAME", BUCKET)
+    module = load_lambda("compactor")
+    module.s3_client.cache_clear()
+    yield module
+    module.s3_client.cache_clear()
+
+
 def run(handler: Callable[[dict[str, Any], Any], Any], event: dict[str, Any]) -> tuple[Any, str]:
     out = io.StringIO()
     with redirect_stdout(out):
@@ -182,9 +192,9 @@ def test_every_alarm_mails_the_alert_topic_on_alarm_and_on_recovery() -> None:
         assert alarm["OKActions"] == [topic]
 
 
-@pytest.mark.parametrize("function", ["generator", "transformer"])
+@pytest.mark.parametrize("function", ["generator", "transformer", "compactor"])
 def test_a_raised_error_fires_the_functions_errors_alarm(
-    handlers: tuple[Any, Any], s3: Any, function: str, monkeypatch: pytest.MonkeyPatch
+    handlers: tuple[Any, Any], compactor: Any, s3: Any, function: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     generator, transformer = handlers
     cloudwatch = boto3.client("cloudwatch", region_name=REGION)
@@ -196,9 +206,12 @@ def test_a_raised_error_fires_the_functions_errors_alarm(
 
     # WHEN the handler fails (its bucket is gone) it raises, as the contract requires
     s3.delete_bucket(Bucket=BUCKET)
-    handler = generator.lambda_handler if function == "generator" else transformer.lambda_handler
-    event = load_event("scheduled_event.json") if function == "generator" else _s3_event("raw/x/t.json")
-    with pytest.raises((ClientError, transformer.TransformerError)):
+    handler, event = {
+        "generator": (generator.lambda_handler, load_event("scheduled_event.json")),
+        "transformer": (transformer.lambda_handler, _s3_event("raw/x/t.json")),
+        "compactor": (compactor.lambda_handler, load_event("compactor_scheduled_event.json")),
+    }[function]
+    with pytest.raises((ClientError, transformer.TransformerError, compactor.CompactionError)):
         handler(event, None)
     # ... and the Lambda service counts a raised invocation as one error of the function
     (dimension,) = alarm["Dimensions"]
@@ -266,13 +279,20 @@ def test_no_failed_event_keeps_the_failed_events_alarm_ok_and_one_fires_it() -> 
     assert evaluate(alarm, 1) == "ALARM"
 
 
-def test_dashboard_and_alarms_use_only_metrics_the_handlers_emit(handlers: tuple[Any, Any]) -> None:
+def test_dashboard_and_alarms_use_only_metrics_the_handlers_emit(
+    handlers: tuple[Any, Any], compactor: Any
+) -> None:
     generator, transformer = handlers
     cloudwatch = boto3.client("cloudwatch", region_name=REGION)
     written, generator_out = run(generator.lambda_handler, load_event("scheduled_event.json"))
     _, transformer_out = run(transformer.lambda_handler, _s3_event(written["key"]))
+    # The next night's run compacts the generated day
+    compacted, compactor_out = run(compactor.lambda_handler, load_event("compactor_scheduled_event.json"))
+    assert "compacted" in {day["action"] for day in compacted["days"]}
 
-    emitted = publish_emf(cloudwatch, generator_out) | publish_emf(cloudwatch, transformer_out)
+    emitted = set()
+    for out in (generator_out, transformer_out, compactor_out):
+        emitted |= publish_emf(cloudwatch, out)
 
     with (INFRA / "dashboard.json").open(encoding="utf-8") as f:
         dashboard = json.load(f)
@@ -298,4 +318,8 @@ def test_dashboard_and_alarms_use_only_metrics_the_handlers_emit(handlers: tuple
         "RecordsQuarantined",
         "RawBytes",
         "FilesProcessed",
+        "PartitionsCompacted",
+        "FilesCompacted",
+        "RowsCompacted",
+        "SourcesDeleted",
     }

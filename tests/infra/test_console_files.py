@@ -35,10 +35,12 @@ BUCKET_ARN = f"arn:aws:s3:::{CONSOLE_BUCKET_PLACEHOLDER}"
 ROLE_POLICY_FILES = {
     "GeneratorRole": INFRA / "iam" / "generator-policy.json",
     "TransformerRole": INFRA / "iam" / "transformer-policy.json",
+    "CompactorRole": INFRA / "iam" / "compactor-policy.json",
 }
 ALARM_FILES = {
     "GeneratorErrorsAlarm": INFRA / "alarms" / "generator-errors.json",
     "TransformerErrorsAlarm": INFRA / "alarms" / "transformer-errors.json",
+    "CompactorErrorsAlarm": INFRA / "alarms" / "compactor-errors.json",
     "FailedEventsAlarm": INFRA / "alarms" / "failed-events.json",
     "StalledPipelineAlarm": INFRA / "alarms" / "stalled.json",
     "QuarantineRateAlarm": INFRA / "alarms" / "quarantine-rate.json",
@@ -140,6 +142,34 @@ def test_transformer_reads_raw_and_writes_only_processed_and_quarantine() -> Non
     assert sqs == {("sqs:SendMessage", VALUES["TransformerFailureQueue.Arn"])}
 
 
+def test_compactor_rewrites_only_processed_transactions_and_only_with_conditional_requests() -> None:
+    grants = _grants(_json(ROLE_POLICY_FILES["CompactorRole"]))
+    table = f"{BUCKET_ARN}/processed/transactions"
+
+    def condition(key: str) -> str:
+        return json.dumps({"Null": {key: "false"}}, sort_keys=True)
+
+    s3 = {(a, r, c) for a, r, c in grants if a.startswith("s3:")}
+    assert s3 == {
+        # Listing only the table's day partitions
+        ("s3:ListBucket", BUCKET_ARN, json.dumps({"StringLike": {"s3:prefix": "processed/transactions/*"}})),
+        ("s3:GetObject", f"{table}/*", "{}"),
+        # Its own compacted-*.parquet files only, created only if absent or replaced only if unchanged:
+        # it can never overwrite a transformer's file or a compacted file it has not read
+        ("s3:PutObject", f"{table}/*/compacted-*.parquet", condition("s3:if-none-match")),
+        ("s3:PutObject", f"{table}/*/compacted-*.parquet", condition("s3:if-match")),
+        # Deletes only with If-Match: only the version it read and merged
+        ("s3:DeleteObject", f"{table}/*", condition("s3:if-match")),
+        # The manifest copies, outside the table
+        ("s3:PutObject", f"{BUCKET_ARN}/compaction/transactions/*", "{}"),
+    }
+    assert {a for a, _, _ in grants if not a.startswith("s3:")} == {
+        "logs:CreateLogGroup",
+        "logs:CreateLogStream",
+        "logs:PutLogEvents",
+    }
+
+
 def test_crawler_reads_only_processed_and_touches_only_ecommerce_db() -> None:
     grants = _grants(_json(INFRA / "iam" / "crawler-policy.json"))
 
@@ -158,7 +188,7 @@ def test_crawler_reads_only_processed_and_touches_only_ecommerce_db() -> None:
 
 @pytest.mark.parametrize("role", sorted(ROLE_POLICY_FILES))
 def test_each_function_writes_only_its_own_log_group(role: str) -> None:
-    function = "generator" if role == "GeneratorRole" else "transformer"
+    function = role.removesuffix("Role").lower()
     group = f"arn:aws:logs:REGION:ACCOUNT_ID:log-group:/aws/lambda/{CONSOLE_STACK_NAME}-{function}"
 
     logs = {r for a, r, _ in _grants(_json(ROLE_POLICY_FILES[role])) if a.startswith("logs:")}
@@ -207,7 +237,7 @@ def test_console_dashboard_is_the_stacks_dashboard() -> None:
 
 def test_dashboard_metric_widgets_name_a_region_and_only_metrics_the_pipeline_has() -> None:
     body = _json(INFRA / "dashboard.json")
-    functions = {f"{CONSOLE_STACK_NAME}-generator", f"{CONSOLE_STACK_NAME}-transformer"}
+    functions = {f"{CONSOLE_STACK_NAME}-{name}" for name in ("generator", "transformer", "compactor")}
     queue = VALUES["TransformerFailureQueue.QueueName"]
 
     metric_widgets = [w for w in body["widgets"] if w["type"] == "metric"]
@@ -249,6 +279,7 @@ def test_console_files_are_accepted_by_the_aws_apis_readme_pastes_them_into(aws_
         for role, trust, policy in [
             ("ecommerce-generator-role", "lambda-trust-policy.json", "generator-policy.json"),
             ("ecommerce-transformer-role", "lambda-trust-policy.json", "transformer-policy.json"),
+            ("ecommerce-compactor-role", "lambda-trust-policy.json", "compactor-policy.json"),
             ("ecommerce-crawler-role", "glue-trust-policy.json", "crawler-policy.json"),
         ]:
             iam.create_role(

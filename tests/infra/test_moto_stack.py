@@ -1,9 +1,9 @@
 """infra/template.yaml deployed into moto's CloudFormation, then what the stack created is inspected.
 
 The handler code is packaged the way `aws cloudformation package` does it for `make deploy`: each
-function's `Code` folder (lambda/generator/, lambda/transformer/) is zipped, uploaded to an artifacts
-bucket and `Code` is rewritten to point at it. So the deployed code is the repository's handler file,
-byte for byte (its SHA-256 is compared).
+function's `Code` folder (lambda/generator/, lambda/transformer/, lambda/compactor/) is zipped, uploaded
+to an artifacts bucket and `Code` is rewritten to point at it. So the deployed code is the repository's
+handler file, byte for byte (its SHA-256 is compared).
 
 moto 5.2.5 creates only some resource types from a template and skips the others with a warning.
 MOTO_SKIPS names them; the test fails if the template gains or loses one, so nothing is skipped
@@ -13,7 +13,9 @@ NotificationConfiguration, PublicAccessBlock and lifecycle rules, and the functi
 LoggingConfig; the tests check those in the template, and say so where they do.
 
 With moto's IAM enforcement on, the real handlers run under the stack's own roles: the policies are
-enough for the pipeline and refuse writes outside each function's prefixes.
+enough for the pipeline and refuse writes outside each function's prefixes. moto checks actions and
+resources but not the Null and StringLike conditions of the compactor's role, so every S3 request the
+real compactor makes is recorded and evaluated against its policy's conditions here (`_allowed_by`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import json
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
@@ -152,6 +155,21 @@ class Expected:
             Expected("generator", 128, 30, {"BUCKET_NAME": BUCKET, "TRANSACTIONS_PER_RUN": "1"}, 1),
         ),
         ("TransformerFunction", Expected("transformer", 512, 120, {"BUCKET_NAME": BUCKET}, 5)),
+        (
+            "CompactorFunction",
+            Expected(
+                "compactor",
+                1024,
+                300,
+                {
+                    "BUCKET_NAME": BUCKET,
+                    "COMPACT_AFTER_HOURS": "2",
+                    "COMPACT_LOOKBACK_DAYS": "7",
+                    "COMPACT_ROW_GROUP_ROWS": "1000000",
+                },
+                1,
+            ),
+        ),
     ],
 )
 def test_function_runs_the_repositorys_handler_file_with_the_stacks_settings(
@@ -184,9 +202,11 @@ def test_function_runs_the_repositorys_handler_file_with_the_stacks_settings(
 
 
 def test_function_properties_moto_ignores_are_set_in_the_template(stack: Stack) -> None:
-    # moto drops Layers and LoggingConfig; CloudFormation passes them to Lambda as written here.
+    # moto drops Layers, LoggingConfig and EphemeralStorage; CloudFormation passes them to Lambda as
+    # written here.
     functions = {
-        n: stack.template["Resources"][n]["Properties"] for n in ("GeneratorFunction", "TransformerFunction")
+        n: stack.template["Resources"][n]["Properties"]
+        for n in ("GeneratorFunction", "TransformerFunction", "CompactorFunction")
     }
 
     for name, properties in functions.items():
@@ -201,20 +221,28 @@ def test_function_properties_moto_ignores_are_set_in_the_template(stack: Stack) 
         "the generator needs the standard library and boto3 only"
     )
     assert functions["TransformerFunction"]["Layers"] == [{"Ref": "PandasLayerArn"}]
+    # The compactor uses the layer's pyarrow, and stages a day's files in /tmp
+    assert functions["CompactorFunction"]["Layers"] == [{"Ref": "PandasLayerArn"}]
+    assert functions["CompactorFunction"]["EphemeralStorage"] == {"Size": 1024}
 
 
-def test_schedule_invokes_the_generator_and_only_eventbridge_may(stack: Stack) -> None:
+@pytest.mark.parametrize(
+    ("function", "expression"), [("generator", "rate(5 minutes)"), ("compactor", "cron(0 3 * * ? *)")]
+)
+def test_schedule_invokes_its_function_and_only_eventbridge_may(
+    stack: Stack, function: str, expression: str
+) -> None:
     events = boto3.client("events", region_name=REGION)
     client = boto3.client("lambda", region_name=REGION)
-    rule_name = stack.resources["GeneratorSchedule"]["PhysicalResourceId"]
+    rule_name = stack.resources[f"{function.capitalize()}Schedule"]["PhysicalResourceId"]
 
     rule = events.describe_rule(Name=rule_name)
     targets = events.list_targets_by_rule(Rule=rule_name)["Targets"]
-    (statement,) = json.loads(client.get_policy(FunctionName=f"{STACK}-generator")["Policy"])["Statement"]
+    (statement,) = json.loads(client.get_policy(FunctionName=f"{STACK}-{function}")["Policy"])["Statement"]
 
-    assert rule["ScheduleExpression"] == "rate(5 minutes)"
+    assert rule["ScheduleExpression"] == expression
     assert rule["State"] == "ENABLED"
-    assert [t["Arn"] for t in targets] == [_function_arn(f"{STACK}-generator")]
+    assert [t["Arn"] for t in targets] == [_function_arn(f"{STACK}-{function}")]
     assert statement["Principal"] == {"Service": "events.amazonaws.com"}
     assert statement["Condition"]["ArnLike"]["AWS:SourceArn"] == rule["Arn"]
 
@@ -278,6 +306,7 @@ def test_log_groups_queue_topic_and_dashboard_exist_with_their_settings(stack: S
     assert {name: g["retentionInDays"] for name, g in groups.items()} == {
         f"/aws/lambda/{STACK}-generator": 30,
         f"/aws/lambda/{STACK}-transformer": 30,
+        f"/aws/lambda/{STACK}-compactor": 30,
     }
     assert queue_attributes["Attributes"]["MessageRetentionPeriod"] == "1209600"
     assert stack.outputs["AlertTopicArn"] in {t["TopicArn"] for t in sns.list_topics()["Topics"]}
@@ -307,7 +336,7 @@ def role_credentials(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     sts = boto3.client("sts", region_name=REGION)
     iam = boto3.client("iam", region_name=REGION)
     credentials = {}
-    for logical_id in ("GeneratorRole", "TransformerRole"):
+    for logical_id in ("GeneratorRole", "TransformerRole", "CompactorRole"):
         role = stack.resources[logical_id]["PhysicalResourceId"]
         # moto 5.2.5 stores the inline policies of a role made by CloudFormation as the Python repr of
         # the document, which its own IAM enforcement cannot read (KeyError 'policy_document'). The
@@ -361,6 +390,54 @@ def _denied(call: Any, **kwargs: Any) -> bool:
     return False
 
 
+# The S3 operations the compactor calls, as the IAM actions S3 authorizes them with.
+S3_ACTIONS = {
+    "ListObjectsV2": "s3:ListBucket",
+    "GetObject": "s3:GetObject",
+    "PutObject": "s3:PutObject",
+    "DeleteObject": "s3:DeleteObject",
+}
+
+
+def _as_list(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else value
+
+
+def _condition_holds(operator: str, key: str, expected: str | list[str], context: dict[str, str]) -> bool:
+    if operator == "Null":  # "false": the key is present in the request
+        return (key not in context) == (expected == "true")
+    if operator == "StringLike":
+        return key in context and any(fnmatchcase(context[key], p) for p in _as_list(expected))
+    raise AssertionError(f"the test does not evaluate the condition operator {operator}")
+
+
+def _allowed_by(document: dict[str, Any], action: str, resource: str, context: dict[str, str]) -> bool:
+    """IAM's rule for an Allow-only identity policy: a statement matches action, resource and conditions."""
+    for statement in document["Statement"]:
+        assert statement["Effect"] == "Allow"
+        if action not in _as_list(statement["Action"]):
+            continue
+        if not any(fnmatchcase(resource, pattern) for pattern in _as_list(statement["Resource"])):
+            continue
+        conditions = statement.get("Condition", {})
+        if all(
+            _condition_holds(operator, key, value, context)
+            for operator, block in conditions.items()
+            for key, value in block.items()
+        ):
+            return True
+    return False
+
+
+def _request_context(operation: str, params: dict[str, Any]) -> tuple[str, str, dict[str, str]]:
+    """The action, resource and condition keys IAM sees for one S3 API call."""
+    bucket = f"arn:aws:s3:::{params['Bucket']}"
+    resource = f"{bucket}/{params['Key']}" if "Key" in params else bucket
+    keys = {"Prefix": "s3:prefix", "IfMatch": "s3:if-match", "IfNoneMatch": "s3:if-none-match"}
+    context = {condition: str(params[name]) for name, condition in keys.items() if name in params}
+    return S3_ACTIONS[operation], resource, context
+
+
 @pytest.mark.integration
 def test_handlers_run_under_the_stacks_roles_and_cannot_write_elsewhere(
     stack: Stack, role_credentials: dict[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch
@@ -391,6 +468,52 @@ def test_handlers_run_under_the_stacks_roles_and_cannot_write_elsewhere(
     )
     assert _denied(as_transformer.delete_object, Bucket=BUCKET, Key=written["key"])
 
+    # WHEN the compactor's role runs the daily schedule's event, every S3 request recorded
+    compactor = load_lambda("compactor")
+    as_compactor = _act_as(role_credentials["CompactorRole"], monkeypatch, compactor)
+    requests: list[tuple[str, dict[str, Any]]] = []
+
+    def record(params: dict[str, Any], model: Any, **_: Any) -> None:
+        requests.append((model.name, dict(params)))
+
+    compactor.s3_client().meta.events.register("provide-client-params.s3", record)
+    event = load_event("compactor_scheduled_event.json")
+    compacted = compactor.lambda_handler(event, None)
+
+    # THEN the generated day is one compacted file holding every processed row, its manifest copy is
+    # outside the table, and the other days of the window had nothing to do
+    day = written["key"].split("/")[1:4]  # year=YYYY, month=MM, day=DD
+    by_day = {r["date"]: r for r in compacted["days"]}
+    (done,) = [r for r in by_day.values() if r["action"] != "noop"]
+    assert done["action"] == "compacted"
+    assert done["rows"] == written["count"]
+    with disable_iam_authentication():
+        admin = boto3.client("s3", region_name=REGION)
+        partition = admin.list_objects_v2(Bucket=BUCKET, Prefix="processed/transactions/" + "/".join(day))
+        assert [o["Key"] for o in partition["Contents"]] == [done["key"]]
+        admin.head_object(Bucket=BUCKET, Key="compaction/transactions/" + "/".join(day) + "/manifest.jsonl")
+    # AND every request it made is allowed by its policy, conditions included (moto checks only actions
+    # and resources); its writes and deletes in the table are allowed only with their conditional headers
+    policy = _stack_policy(stack, "CompactorRole")
+    assert {operation for operation, _ in requests} == set(S3_ACTIONS)
+    for operation, params in requests:
+        action, resource, context = _request_context(operation, params)
+        assert _allowed_by(policy, action, resource, context), (operation, params)
+        if action in {"s3:PutObject", "s3:DeleteObject"} and "/processed/" in resource:
+            assert not _allowed_by(policy, action, resource, {}), f"unconditional {operation} {resource}"
+    # AND the schedule's sample event is the stack's rule's
+    rule = stack.resources["CompactorSchedule"]["PhysicalResourceId"]
+    assert event["resources"] == [f"arn:aws:events:{REGION}:{ACCOUNT}:rule/{rule}"]
+    # AND it may not touch raw/ or quarantine/, nor write a file that looks like the transformer's
+    source_like = "processed/transactions/" + "/".join(day) + "/transactions-x.parquet"
+    assert _denied(as_compactor.get_object, Bucket=BUCKET, Key=written["key"])
+    assert _denied(as_compactor.delete_object, Bucket=BUCKET, Key=written["key"], IfMatch="*")
+    assert _denied(as_compactor.put_object, Bucket=BUCKET, Key=source_like, Body=b"x", IfNoneMatch="*")
+    assert _denied(
+        as_compactor.put_object, Bucket=BUCKET, Key="quarantine/x.jsonl", Body=b"x", IfNoneMatch="*"
+    )
+    assert not _allowed_by(policy, "s3:ListBucket", f"arn:aws:s3:::{BUCKET}", {"s3:prefix": "raw/"})
+
     # AND of everything in the bucket, only the raw files match the S3 trigger: no recursion
     (notification,) = stack.template["Resources"]["DataBucket"]["Properties"]["NotificationConfiguration"][
         "LambdaConfigurations"
@@ -402,12 +525,12 @@ def test_handlers_run_under_the_stacks_roles_and_cannot_write_elsewhere(
             for o in boto3.client("s3", region_name=REGION).list_objects_v2(Bucket=BUCKET)["Contents"]
         ]
     prefixes = {k.split("/")[0] for k in keys}
-    assert prefixes == {"raw", "processed", "quarantine"}
+    assert prefixes == {"raw", "processed", "quarantine", "compaction"}
     for key in keys:
         assert (key.startswith(rules["prefix"]) and key.endswith(rules["suffix"])) == key.startswith(
             "raw/"
         ), key
-    for module in (generator, transformer):
+    for module in (generator, transformer, compactor):
         module.s3_client.cache_clear()
 
 
@@ -420,9 +543,10 @@ def test_packaging_uses_the_handler_folders_and_nothing_is_inlined() -> None:
     assert {n: p["Code"] for n, p in functions.items()} == {
         "GeneratorFunction": "../lambda/generator/",
         "TransformerFunction": "../lambda/transformer/",
+        "CompactorFunction": "../lambda/compactor/",
     }
     assert "ZipFile" not in (INFRA / "template.yaml").read_text(encoding="utf-8")
-    for code in ("../lambda/generator/", "../lambda/transformer/"):
+    for code in ("../lambda/generator/", "../lambda/transformer/", "../lambda/compactor/"):
         assert Path(INFRA / code / "lambda_function.py").is_file()
 
 
