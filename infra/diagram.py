@@ -1,9 +1,9 @@
 """Draws images/architecture.png, the pipeline's services and data flow, with `diagrams` and graphviz.
 
 Run by `make images` (which installs what it needs); CI never runs it, the PNG is committed.
-The picture follows infra/template.yaml: one bucket (SSE-S3, TLS only, no public access) whose four
-prefixes are drawn where the data passes, two functions, the S3 trigger, the on-failure queue, the
-catalog and workgroup, and the monitoring that mails the alert topic.
+The picture follows infra/template.yaml: one bucket (SSE-S3, TLS only, no public access) whose five
+prefixes are drawn where the data passes, three functions (generator, transformer, daily compactor), the
+S3 trigger, the on-failure queue, the catalog and workgroup, and the monitoring that mails the alert topic.
 """
 
 from __future__ import annotations
@@ -61,6 +61,11 @@ def draw(output: Path) -> Path:
             failures = SimpleQueueServiceSqsQueue("on-failure queue\n(after 2 retries)")
 
         processed = SimpleStorageServiceS3Bucket("s3://BUCKET/processed/\nParquet, one folder a day")
+
+        with Cluster("Compact (daily)"):
+            nightly = EventbridgeScheduler("EventBridge schedule\ncron(0 3 * * ? *)")
+            compactor = LambdaFunction("compactor\n(Python 3.12 +\nAWSSDKPandas layer)")
+        manifests = SimpleStorageServiceS3Bucket("s3://BUCKET/compaction/\nmanifest copies")
         quarantine = SimpleStorageServiceS3Bucket("s3://BUCKET/quarantine/\nrejected lines + reason")
 
         with Cluster("Query"):
@@ -72,7 +77,9 @@ def draw(output: Path) -> Path:
         with Cluster("Operate"):
             logs = CloudwatchLogs("CloudWatch Logs\nJSON logs + EMF metrics")
             dashboard = Cloudwatch("dashboard")
-            alarms = CloudwatchAlarm("alarms: errors, failed events,\nstalled pipeline, quarantine rate")
+            alarms = CloudwatchAlarm(
+                "alarms: errors (3 functions),\nfailed events, stalled pipeline,\nquarantine rate"
+            )
             topic = SimpleNotificationServiceSnsTopic("SNS topic\n(e-mail)")
 
         schedule >> Edge(color=CONTROL, label="invoke") >> generator
@@ -82,12 +89,16 @@ def draw(output: Path) -> Path:
         transformer >> Edge(color=DATA, label="rejects") >> quarantine
         transformer >> Edge(color=ALERT, style="dashed", label="failed event") >> failures
 
+        nightly >> Edge(color=CONTROL, label="invoke") >> compactor
+        processed >> Edge(color=DATA, reverse=True, label="read a finished day,\nput one file") >> compactor
+        compactor >> Edge(color=DATA, label="manifest") >> manifests
+
         [processed, quarantine] >> Edge(color=DATA, style="dotted", label="read") >> athena
         catalog >> Edge(color=CONTROL, label="schema") >> athena
         athena >> Edge(color=CONTROL, label="results") >> results
         athena >> Edge(color=CONTROL, label="SQL") >> analyst
 
-        [generator, transformer] >> Edge(color=CONTROL, style="dotted") >> logs
+        [generator, transformer, compactor] >> Edge(color=CONTROL, style="dotted") >> logs
         logs >> Edge(color=CONTROL) >> dashboard
         logs >> Edge(color=CONTROL, label="metrics") >> alarms
         failures >> Edge(color=ALERT, style="dashed") >> alarms
