@@ -9,7 +9,7 @@ from urllib.parse import quote_plus
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
-RULE_NAME = "ecommerce-generator-every-5-minutes"
+RULE_NAME = "ecommerce-generator-schedule"
 
 
 def iso_z(moment: datetime, milliseconds: bool = False) -> str:
