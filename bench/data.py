@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
-from functools import cache
 from pathlib import Path
 from types import ModuleType
+
+from local import lambdas
 
 ROOT = Path(__file__).resolve().parent.parent
 CHUNK_RECORDS = 10_000
@@ -18,18 +17,9 @@ DAY = datetime(2026, 11, 25, tzinfo=UTC)
 DAY_SPAN = timedelta(days=1) - timedelta(minutes=10)
 
 
-@cache
 def generator() -> ModuleType:
-    """lambda/generator/lambda_function.py, loaded under its own name so its dataclasses resolve."""
-    name = "bench_generator_lambda_function"
-    path = ROOT / "lambda" / "generator" / "lambda_function.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    """lambda/generator/lambda_function.py, the real generator."""
+    return lambdas.load_lambda("generator")
 
 
 def _chunk(args: tuple[int, int, int, int]) -> bytes:

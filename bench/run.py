@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import io
 import json
 import logging
@@ -45,7 +44,7 @@ from pyarrow import fs
 
 from bench import data
 from bench._child import RESULT_MARK, s3_event
-from local import catalog
+from local import catalog, lambdas
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -184,20 +183,9 @@ def run_child(args: list[str], env: dict[str, str]) -> dict[str, Any]:
 
 
 def load_lambda(name: str) -> ModuleType:
-    """A handler imported in this process under a unique name (they are all lambda_function.py)."""
-    module_name = f"bench_{name}_lambda_function"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    path = ROOT / "lambda" / name / "lambda_function.py"
-    if name == "transformer" and os.environ.get("BENCH_TRANSFORMER_PATH"):
-        path = Path(os.environ["BENCH_TRANSFORMER_PATH"])
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise BenchError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
+    """A handler imported in this process; BENCH_TRANSFORMER_PATH swaps in a candidate transformer."""
+    candidate = os.environ.get("BENCH_TRANSFORMER_PATH") if name == "transformer" else None
+    return lambdas.load_lambda(name, Path(candidate) if candidate else None)
 
 
 # A three-record object each big-object child processes first, untimed (see big_object_runs).

@@ -2,41 +2,24 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import boto3
 import pytest
 from moto import mock_aws
 
+# The one loader of the handler files, shared with the demo and the benchmark; re-exported for the tests.
+from local.lambdas import load_lambda
+
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events"
 BUCKET = "your-ecommerce-bucket"  # the bucket named in events/*.json
 REGION = "us-east-1"
 
-
-def load_lambda(name: str) -> ModuleType:
-    """Import lambda/<name>/lambda_function.py under a unique module name.
-
-    Every handler file is called lambda_function.py (the console's default), so they cannot all be
-    imported by that name in one process.
-    """
-    module_name = f"{name}_lambda_function"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    path = ROOT / "lambda" / name / "lambda_function.py"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
+__all__ = ["BUCKET", "EVENTS", "REGION", "ROOT", "load_event", "load_lambda"]
 
 
 def load_event(name: str) -> dict[str, Any]:
