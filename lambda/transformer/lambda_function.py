@@ -1,14 +1,16 @@
 """Transformer Lambda: validates raw JSON Lines from S3; writes Parquet to processed/, rejects to quarantine/.
 
-Runs on Python 3.12 with the AWSSDKPandas layer for pyarrow; it imports nothing else outside the
-standard library and boto3, so it pastes into the Lambda console as it is.
+Runs on Python 3.12 with the AWSSDKPandas layer for pyarrow and numpy; it imports nothing else outside
+the standard library and boto3, so it pastes into the Lambda console as it is.
 
 Design: the object is streamed in blocks of whole lines. Each block is parsed by pyarrow's JSON reader
-and validated with vectorised compute (the fast path). A block that pyarrow cannot read as the contract's
-types (a malformed line, a number where a string belongs, a price with three decimals...) is handled line
-by line by the exact path, which is the reference for every rule; rows the fast path rejects are
-re-checked by it, so both paths give the same reasons. Valid rows are written to one Parquet file per
-UTC date of their timestamp, in row groups, and uploaded; rejects go to one JSON Lines file.
+and validated with vectorised compute (the fast path). In a block that pyarrow cannot read as the
+contract's types, the lines that look like flat JSON objects stay on the fast path and the others are
+handled line by line by the exact path, which is the reference for every rule (a block of a few lines goes
+there directly); rows the fast path rejects are re-checked by it, so both paths give the same reasons.
+Duplicate transaction_ids are found across the whole file from 128-bit fingerprints. Valid rows are
+written to one Parquet file per UTC date of their timestamp, in row groups (big blocks on a background
+thread), and uploaded; rejects go to one JSON Lines file.
 """
 
 from __future__ import annotations
