@@ -737,3 +737,50 @@ def test_seen_ids_find_repeats_within_and_across_blocks():
     assert kept.column("transaction_id").to_pylist() == ["d"]
     assert repeats.tolist() == [-1, -1, -1]
     assert len(seen) == 3 + 40 * 50 + 1
+
+
+def test_seen_ids_spilled_to_disk_still_find_every_repeat(tmp_path, monkeypatch):
+    # GIVEN a duplicate check that may keep only 100 fingerprints in memory
+    monkeypatch.setattr(tr, "SEEN_IN_MEMORY", 100)
+    monkeypatch.setattr(tr, "SPILL_PAGE", 16)
+    seen = tr.SeenIds(tmp_path / "seen", expected=5000)
+    ids = [f"id-{i}" for i in range(3000)]
+    # WHEN 3,000 distinct ids arrive in blocks of 50
+    for start in range(0, len(ids), 50):
+        kept, dropped, _ = seen.split(pa.table({"transaction_id": ids[start : start + 50]}))
+        # THEN none is taken for a duplicate (no false positive from the Bloom filter or the disk search)
+        assert not dropped.any()
+    assert len(seen) == 3000
+    assert len(list((tmp_path / "seen").glob("run-*.h1"))) >= 20
+    # AND a block repeating ids from every spilled run, and one new id, keeps only the new one
+    repeats = [ids[0], ids[777], ids[1500], ids[2999], "brand-new"]
+    kept, dropped, _ = seen.split(pa.table({"transaction_id": repeats}))
+    assert kept.column("transaction_id").to_pylist() == ["brand-new"]
+    assert dropped.tolist() == [True, True, True, True, False]
+
+
+def test_a_big_object_with_a_spilled_duplicate_check_loses_nothing(s3, monkeypatch):
+    # GIVEN an object processed in a working directory, in many blocks, with a tiny in-memory budget
+    monkeypatch.setattr(tr, "IN_MEMORY_BYTES", 1000)
+    monkeypatch.setattr(tr, "BLOCK_BYTES", 8000)
+    monkeypatch.setattr(tr, "SEEN_IN_MEMORY", 40)
+    monkeypatch.setattr(tr, "_chunks", lambda body: body.iter_chunks(4096))
+    spills = []
+    original_add = tr._SpilledIds.add
+
+    def counting_add(self, h1, h2):
+        spills.append(len(h1))
+        original_add(self, h1, h2)
+
+    monkeypatch.setattr(tr._SpilledIds, "add", counting_add)
+    lines = good_lines(600, seed=21)
+    lines.append(lines[3])  # a repeat of a row whose fingerprint is long on disk
+    lines.append(lines[590])  # and of one still in memory
+    # WHEN it is transformed
+    run(s3, RAW_KEY, "\n".join(lines))
+    # THEN both repeats are quarantined and every other row is written once
+    assert len(spills) >= 5
+    assert reasons(quarantined(s3)) == [(601, "duplicate_transaction_id"), (602, "duplicate_transaction_id")]
+    table = next(iter(processed(s3).values()))
+    assert table.num_rows == 600
+    assert len(set(table.column("transaction_id").to_pylist())) == 600

@@ -67,6 +67,10 @@ IN_MEMORY_BYTES = 8 * 1024 * 1024
 SMALL_BLOCK_LINES = 32
 # Blocks with at least this many valid rows are written to Parquet by a background thread.
 BACKGROUND_WRITE_ROWS = 10_000
+# The duplicate check keeps this many transaction_id fingerprints in memory (16 bytes each); beyond that a
+# big object's are spilled to its working directory in sorted runs, read back a page at a time.
+SEEN_IN_MEMORY = 1_000_000
+SPILL_PAGE = 1024
 
 # ---------------------------------------------------------------------------------------------------
 # The contract's schema (CONTRACT.md). The generator and the DDL in sql/ carry the same lists; a test
@@ -743,17 +747,80 @@ def fingerprints(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return h1, h2
 
 
-class SeenIds:
-    """The transaction_ids accepted so far in one file, as 128-bit fingerprints (16 bytes per id, so memory
-    stays small however long the file): sorted runs of the first hash, merged as they grow, with the second
-    hash confirming a match. Two different ids would have to agree on all 128 bits to be taken for each other.
-    """
+class _SpilledIds:
+    """Fingerprint runs written to local disk, with a Bloom filter in memory (about 2 bytes per expected id)
+    so that nearly every lookup of an id that is not there is answered without reading the disk."""
 
-    def __init__(self) -> None:
+    def __init__(self, directory: Path, expected: int) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self._words = np.zeros(max(expected // 4, 1 << 16), dtype=np.uint64)  # 16 bits per expected id
+        self._runs: list[tuple[Path, Path, np.ndarray, int]] = []  # h1 file, h2 file, fence, length
+        self.count = 0
+
+    def _bloom(self, h1: np.ndarray, h2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A blocked Bloom filter: one 64-bit word per id, 8 of its bits set from the second hash."""
+        word = (h1 % np.uint64(len(self._words))).astype(np.int64)
+        mask = np.zeros(len(h1), dtype=np.uint64)
+        for j in range(8):
+            mask |= np.uint64(1) << ((h2 >> np.uint64(6 * j)) & np.uint64(63))
+        return word, mask
+
+    def add(self, h1: np.ndarray, h2: np.ndarray) -> None:
+        """Write a run whose h1 is sorted ascending."""
+        index = len(self._runs)
+        first, second = self.directory / f"run-{index}.h1", self.directory / f"run-{index}.h2"
+        h1.tofile(first)
+        h2.tofile(second)
+        self._runs.append((first, second, h1[::SPILL_PAGE].copy(), len(h1)))
+        word, mask = self._bloom(h1, h2)
+        np.bitwise_or.at(self._words, word, mask)
+        self.count += len(h1)
+
+    def contains(self, h1: np.ndarray, h2: np.ndarray) -> np.ndarray:
+        found = np.zeros(len(h1), dtype=bool)
+        if not self._runs:
+            return found
+        word, mask = self._bloom(h1, h2)
+        for index in np.flatnonzero((self._words[word] & mask) == mask):
+            found[index] = any(self._in_run(run, h1[index], h2[index]) for run in self._runs)
+        return found
+
+    @staticmethod
+    def _in_run(run: tuple[Path, Path, np.ndarray, int], a: np.uint64, b: np.uint64) -> bool:
+        """Binary search of one run on disk: the fence (every SPILL_PAGE-th h1) picks the page to read."""
+        first, second, fence, length = run
+        start = max(int(np.searchsorted(fence, a, side="left")) - 1, 0) * SPILL_PAGE
+        while start < length:
+            count = min(SPILL_PAGE, length - start)
+            values = np.fromfile(first, dtype=np.uint64, count=count, offset=start * 8)
+            pos = int(np.searchsorted(values, a))
+            while pos < count and values[pos] == a:
+                if np.fromfile(second, dtype=np.uint64, count=1, offset=(start + pos) * 8)[0] == b:
+                    return True
+                pos += 1
+            if pos < count:
+                return False
+            start += count
+        return False
+
+
+class SeenIds:
+    """The transaction_ids accepted so far in one file, as 128-bit fingerprints: sorted runs of the first
+    hash, merged as they grow, with the second hash confirming a match (two different ids would have to
+    agree on all 128 bits to be taken for each other). Up to SEEN_IN_MEMORY fingerprints (16 MB) stay in
+    memory; with a spill directory, more go to disk behind a Bloom filter, so memory stays flat however
+    long the file."""
+
+    def __init__(self, spill_dir: Path | None = None, expected: int = 0) -> None:
         self._runs: list[tuple[np.ndarray, np.ndarray]] = []
+        self._in_memory = 0
+        self._spill_dir = spill_dir
+        self._expected = expected
+        self._spilled: _SpilledIds | None = None
 
     def __len__(self) -> int:
-        return sum(len(run) for run, _ in self._runs)
+        return self._in_memory + (self._spilled.count if self._spilled else 0)
 
     def _seen_before(self, h1: np.ndarray, h2: np.ndarray) -> np.ndarray:
         """For h1 sorted ascending: which (h1, h2) pairs are already in a run."""
@@ -771,16 +838,31 @@ class SeenIds:
                         found[index] = True
                         break
                     p += 1
+        if self._spilled is not None:
+            found |= self._spilled.contains(h1, h2)
         return found
 
     def _add(self, h1: np.ndarray, h2: np.ndarray) -> None:
         """Add pairs whose h1 is sorted ascending, as a new run; merge runs of similar size."""
         self._runs.append((h1, h2))
+        self._in_memory += len(h1)
         while len(self._runs) > 1 and len(self._runs[-1][0]) * 2 >= len(self._runs[-2][0]):
-            (a1, a2), (b1, b2) = self._runs[-2], self._runs[-1]
-            merged1 = np.concatenate([a1, b1])
-            order = np.argsort(merged1, kind="stable")
-            self._runs[-2:] = [(merged1[order], np.concatenate([a2, b2])[order])]
+            self._merge_last(2)
+        if self._spill_dir is not None and self._in_memory > SEEN_IN_MEMORY:
+            self._merge_last(len(self._runs))
+            if self._spilled is None:
+                self._spilled = _SpilledIds(self._spill_dir, self._expected)
+            self._spilled.add(*self._runs[0])
+            self._runs = []
+            self._in_memory = 0
+
+    def _merge_last(self, count: int) -> None:
+        if count < 2:
+            return
+        merged1 = np.concatenate([run for run, _ in self._runs[-count:]])
+        order = np.argsort(merged1, kind="stable")
+        merged2 = np.concatenate([run for _, run in self._runs[-count:]])[order]
+        self._runs[-count:] = [(merged1[order], merged2)]
 
     def split(self, table: pa.Table) -> tuple[pa.Table, np.ndarray, np.ndarray]:
         """Drop rows whose transaction_id was accepted before. Returns the kept rows, a mask of the dropped
@@ -970,7 +1052,8 @@ def transform_stream(
     block_bytes = block_bytes or BLOCK_BYTES
     result = TransformResult()
     outputs = _Outputs(workdir, source_key, result)
-    seen = SeenIds()
+    # A big object (one processed in a working directory) may spill its duplicate check to disk.
+    seen = SeenIds(workdir / "seen-ids" if workdir else None, expected=(size_hint or 0) // 256)
     rest = iter(chunks)
     try:
         head = b""
