@@ -69,7 +69,7 @@ SMALL_BLOCK_LINES = 32
 BACKGROUND_WRITE_ROWS = 10_000
 # The duplicate check keeps this many transaction_id fingerprints in memory (16 bytes each); beyond that a
 # big object's are spilled to its working directory in sorted runs, read back a page at a time.
-SEEN_IN_MEMORY = 1_000_000
+SEEN_IN_MEMORY = 250_000
 SPILL_PAGE = 1024
 
 # ---------------------------------------------------------------------------------------------------
@@ -748,13 +748,13 @@ def fingerprints(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _SpilledIds:
-    """Fingerprint runs written to local disk, with a Bloom filter in memory (about 2 bytes per expected id)
+    """Fingerprint runs written to local disk, with a Bloom filter in memory (under 2 bytes per expected id)
     so that nearly every lookup of an id that is not there is answered without reading the disk."""
 
     def __init__(self, directory: Path, expected: int) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        self._words = np.zeros(max(expected // 4, 1 << 16), dtype=np.uint64)  # 16 bits per expected id
+        self._words = np.zeros(max(expected // 5, 1 << 16), dtype=np.uint64)  # ~13 bits per expected id
         self._runs: list[tuple[Path, Path, np.ndarray, int]] = []  # h1 file, h2 file, fence, length
         self.count = 0
 
@@ -773,8 +773,9 @@ class _SpilledIds:
         h1.tofile(first)
         h2.tofile(second)
         self._runs.append((first, second, h1[::SPILL_PAGE].copy(), len(h1)))
-        word, mask = self._bloom(h1, h2)
-        np.bitwise_or.at(self._words, word, mask)
+        for start in range(0, len(h1), 65_536):  # in slices: small temporaries
+            word, mask = self._bloom(h1[start : start + 65_536], h2[start : start + 65_536])
+            np.bitwise_or.at(self._words, word, mask)
         self.count += len(h1)
 
     def contains(self, h1: np.ndarray, h2: np.ndarray) -> np.ndarray:
@@ -808,7 +809,7 @@ class _SpilledIds:
 class SeenIds:
     """The transaction_ids accepted so far in one file, as 128-bit fingerprints: sorted runs of the first
     hash, merged as they grow, with the second hash confirming a match (two different ids would have to
-    agree on all 128 bits to be taken for each other). Up to SEEN_IN_MEMORY fingerprints (16 MB) stay in
+    agree on all 128 bits to be taken for each other). Up to SEEN_IN_MEMORY fingerprints (4 MB) stay in
     memory; with a spill directory, more go to disk behind a Bloom filter, so memory stays flat however
     long the file."""
 
