@@ -757,6 +757,7 @@ def test_seen_ids_spilled_to_disk_still_find_every_repeat(tmp_path, monkeypatch)
     kept, dropped, _ = seen.split(pa.table({"transaction_id": repeats}))
     assert kept.column("transaction_id").to_pylist() == ["brand-new"]
     assert dropped.tolist() == [True, True, True, True, False]
+    seen.close()
 
 
 def test_a_big_object_with_a_spilled_duplicate_check_loses_nothing(s3, monkeypatch):

@@ -755,8 +755,14 @@ class _SpilledIds:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self._words = np.zeros(max(expected // 5, 1 << 16), dtype=np.uint64)  # ~13 bits per expected id
-        self._runs: list[tuple[Path, Path, np.ndarray, int]] = []  # h1 file, h2 file, fence, length
+        self._runs: list[tuple[int, int, np.ndarray, int]] = []  # h1 and h2 file descriptors, fence, length
         self.count = 0
+
+    def close(self) -> None:
+        for first, second, _, _ in self._runs:
+            os.close(first)
+            os.close(second)
+        self._runs = []
 
     def _bloom(self, h1: np.ndarray, h2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A blocked Bloom filter: one 64-bit word per id, 8 of its bits set from the second hash."""
@@ -772,7 +778,8 @@ class _SpilledIds:
         first, second = self.directory / f"run-{index}.h1", self.directory / f"run-{index}.h2"
         h1.tofile(first)
         h2.tofile(second)
-        self._runs.append((first, second, h1[::SPILL_PAGE].copy(), len(h1)))
+        descriptors = os.open(first, os.O_RDONLY), os.open(second, os.O_RDONLY)
+        self._runs.append((*descriptors, h1[::SPILL_PAGE].copy(), len(h1)))
         for start in range(0, len(h1), 65_536):  # in slices: small temporaries
             word, mask = self._bloom(h1[start : start + 65_536], h2[start : start + 65_536])
             np.bitwise_or.at(self._words, word, mask)
@@ -788,16 +795,16 @@ class _SpilledIds:
         return found
 
     @staticmethod
-    def _in_run(run: tuple[Path, Path, np.ndarray, int], a: np.uint64, b: np.uint64) -> bool:
+    def _in_run(run: tuple[int, int, np.ndarray, int], a: np.uint64, b: np.uint64) -> bool:
         """Binary search of one run on disk: the fence (every SPILL_PAGE-th h1) picks the page to read."""
         first, second, fence, length = run
         start = max(int(np.searchsorted(fence, a, side="left")) - 1, 0) * SPILL_PAGE
         while start < length:
             count = min(SPILL_PAGE, length - start)
-            values = np.fromfile(first, dtype=np.uint64, count=count, offset=start * 8)
+            values = np.frombuffer(os.pread(first, count * 8, start * 8), dtype=np.uint64)
             pos = int(np.searchsorted(values, a))
             while pos < count and values[pos] == a:
-                if np.fromfile(second, dtype=np.uint64, count=1, offset=(start + pos) * 8)[0] == b:
+                if np.frombuffer(os.pread(second, 8, (start + pos) * 8), dtype=np.uint64)[0] == b:
                     return True
                 pos += 1
             if pos < count:
@@ -822,6 +829,11 @@ class SeenIds:
 
     def __len__(self) -> int:
         return self._in_memory + (self._spilled.count if self._spilled else 0)
+
+    def close(self) -> None:
+        """Close the spilled runs' files (the working directory that holds them is removed by its owner)."""
+        if self._spilled is not None:
+            self._spilled.close()
 
     def _seen_before(self, h1: np.ndarray, h2: np.ndarray) -> np.ndarray:
         """For h1 sorted ascending: which (h1, h2) pairs are already in a run."""
@@ -1076,7 +1088,10 @@ def transform_stream(
         _transform_lines(_prepend(head, rest), outputs, seen, result, block_bytes)
         return result
     finally:
-        outputs.close()
+        try:
+            outputs.close()
+        finally:
+            seen.close()
 
 
 def _prepend(head: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
