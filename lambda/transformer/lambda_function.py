@@ -69,7 +69,7 @@ SMALL_BLOCK_LINES = 32
 BACKGROUND_WRITE_ROWS = 10_000
 # The duplicate check keeps this many transaction_id fingerprints in memory (16 bytes each); beyond that a
 # big object's are spilled to its working directory in sorted runs, read back a page at a time.
-SEEN_IN_MEMORY = 250_000
+SEEN_IN_MEMORY = 125_000
 SPILL_PAGE = 1024
 
 # ---------------------------------------------------------------------------------------------------
@@ -816,7 +816,7 @@ class _SpilledIds:
 class SeenIds:
     """The transaction_ids accepted so far in one file, as 128-bit fingerprints: sorted runs of the first
     hash, merged as they grow, with the second hash confirming a match (two different ids would have to
-    agree on all 128 bits to be taken for each other). Up to SEEN_IN_MEMORY fingerprints (4 MB) stay in
+    agree on all 128 bits to be taken for each other). Up to SEEN_IN_MEMORY fingerprints (2 MB) stay in
     memory; with a spill directory, more go to disk behind a Bloom filter, so memory stays flat however
     long the file."""
 
