@@ -407,6 +407,23 @@ def _buffer_array(type_: pa.DataType, values: bytes) -> pa.Array:
     return pa.Array.from_buffers(type_, len(values) // width, [None, pa.py_buffer(values)])
 
 
+def _bool_array(mask: np.ndarray) -> pa.Array:
+    return pa.Array.from_buffers(
+        pa.bool_(), len(mask), [None, pa.py_buffer(np.packbits(mask, bitorder="little").tobytes())]
+    )
+
+
+def _numpy_bools(array: pa.Array) -> np.ndarray:
+    """A boolean Arrow array without nulls as numpy bools, unpacked from its bitmap (to_numpy would go
+    through pyarrow's Python conversion, see rows_to_table)."""
+    bits = np.unpackbits(np.frombuffer(array.buffers()[1], dtype=np.uint8), bitorder="little")
+    return bits[array.offset : array.offset + len(array)].astype(bool)
+
+
+def _index_array(indices: np.ndarray) -> pa.Array:
+    return _buffer_array(pa.int64(), np.asarray(indices, dtype=np.int64).tobytes())
+
+
 def _string_array(values: Sequence[str]) -> pa.Array:
     encoded = [value.encode("utf-8") for value in values]
     offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
@@ -414,6 +431,10 @@ def _string_array(values: Sequence[str]) -> pa.Array:
     return pa.Array.from_buffers(
         pa.string(), len(encoded), [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(b"".join(encoded))]
     )
+
+
+_FALSE = _bool_array(np.zeros(1, dtype=bool))[0]
+_EMPTY_BINARY = pa.Array.from_buffers(pa.binary(), 1, [None, pa.py_buffer(bytes(8)), pa.py_buffer(b"")])[0]
 
 
 def rows_to_table(rows: list[Row]) -> pa.Table:
@@ -568,7 +589,7 @@ def _valid_rows(table: pa.Table, timestamps: pa.Array) -> pa.Array | None:
         masks.append(totals_match)
     if not masks:
         return None
-    valid = pc.fill_null(functools.reduce(pc.and_kleene, masks), False)
+    valid = pc.fill_null(functools.reduce(pc.and_kleene, masks), _FALSE)
     return valid.combine_chunks() if isinstance(valid, pa.ChunkedArray) else valid
 
 
@@ -639,7 +660,7 @@ def fast_block(
     )
     if valid is not None and valid.false_count:
         good = good.filter(valid)
-        numbers = numbers[valid.to_numpy(zero_copy_only=False)]
+        numbers = numbers[_numpy_bools(valid)]
     return BlockResult(good, numbers, rejects, True, text_of)
 
 
@@ -660,16 +681,15 @@ def salvage_block(block: bytes, first_line: int) -> BlockResult | None:
     """A block pyarrow could not read: send the lines that do not look like flat JSON objects to the exact
     path and the rest, still vectorised, to the fast path. None when that does not help either."""
     lines = _split_lines(block)
-    looks_ok = pc.fill_null(pc.match_substring_regex(lines, _FLAT_OBJECT_PATTERN), False)
-    blank = pc.fill_null(pc.match_substring_regex(lines, r"^[ \t\r\n]*$"), False)
-    suspect = np.flatnonzero(
-        ~(looks_ok.to_numpy(zero_copy_only=False) | blank.to_numpy(zero_copy_only=False))
-    )
-    good = np.flatnonzero(looks_ok.to_numpy(zero_copy_only=False))
+    looks_ok = pc.fill_null(pc.match_substring_regex(lines, _FLAT_OBJECT_PATTERN), _FALSE)
+    blank = pc.fill_null(pc.match_substring_regex(lines, r"^[ \t\r\n]*$"), _FALSE)
+    suspect = np.flatnonzero(~(_numpy_bools(looks_ok) | _numpy_bools(blank)))
+    good = np.flatnonzero(_numpy_bools(looks_ok))
     if len(good) == 0 or len(suspect) == 0 or len(suspect) * 5 > len(lines):
         return None
-    good_lines = lines.take(pa.array(good))
-    rebuilt = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(good)], pa.int32()), good_lines), b"")
+    good_lines = lines.take(_index_array(good))
+    list_offsets = _buffer_array(pa.int32(), np.array([0, len(good)], dtype=np.int32).tobytes())
+    rebuilt = pc.binary_join(pa.ListArray.from_arrays(list_offsets, good_lines), _EMPTY_BINARY)
     try:
         fast = fast_block(rebuilt[0].as_py(), first_line, numbers=good + first_line)
     except _NeedsExactPathError:
@@ -681,7 +701,7 @@ def salvage_block(block: bytes, first_line: int) -> BlockResult | None:
         table = pa.concat_tables([table, exact.table])
         numbers = np.concatenate([numbers, exact.lines])
         order = np.argsort(numbers, kind="stable")
-        table, numbers = table.take(pa.array(order)), numbers[order]
+        table, numbers = table.take(_index_array(order)), numbers[order]
     return BlockResult(table, numbers, rejects, True, _line_lookup(block, first_line))
 
 
@@ -943,7 +963,7 @@ class SeenIds:
         self._add(s1[new_sorted], s2[new_sorted])
         if not dropped.any():
             return table, dropped, repeats
-        return table.filter(pa.array(~dropped)), dropped, repeats
+        return table.filter(_bool_array(~dropped)), dropped, repeats
 
 
 @dataclass
