@@ -392,9 +392,14 @@ def validate_line(text: str) -> Row | Reject:
         obj = json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as e:
         return Reject("malformed_json", f"not valid JSON: {e}")
-    if not isinstance(obj, dict):
-        return Reject("not_an_object", f"a JSON {_json_type(obj)}, not an object")
-    return validate_record(obj)
+    return validate_value(obj)
+
+
+def validate_value(value: Any) -> Row | Reject:
+    """One parsed JSON value (a line, or an element of a file that is one array) through every rule."""
+    if not isinstance(value, dict):
+        return Reject("not_an_object", f"a JSON {_json_type(value)}, not an object")
+    return validate_record(value)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -506,32 +511,36 @@ def _nonblank_lines(block: bytes, first_line: int) -> list[tuple[int, bytes]]:
     return [(first_line + i, raw) for i, raw in enumerate(block.split(b"\n")) if raw.strip()]
 
 
-def exact_lines(lines: Iterable[tuple[int, bytes]]) -> BlockResult:
-    """Each (line number, raw line) through validate_line: slower, and the reference for every rule."""
+def _collect(checked: Iterable[tuple[int, Row | Reject, str]], text_of: Callable[[int], str]) -> BlockResult:
+    """(number, result, original text) from the exact path, sorted into valid rows and rejects."""
     rows: list[Row] = []
     numbers: list[int] = []
     rejects: list[RejectedLine] = []
-    for number, raw in lines:
-        try:
-            text = raw.decode("utf-8").rstrip("\r")
-        except UnicodeDecodeError as e:
-            rejects.append(RejectedLine(number, "malformed_json", f"not valid UTF-8: {e}", _decode(raw)))
-            continue
-        result = validate_line(text)
+    for number, result, text in checked:
         if isinstance(result, Reject):
             rejects.append(RejectedLine(number, result.reason, result.detail, text))
         else:
             rows.append(result)
             numbers.append(number)
-    lines_array = np.array(numbers, dtype=np.int64)
-    return BlockResult(rows_to_table(rows), lines_array, rejects, False, lambda number: "")
+    return BlockResult(rows_to_table(rows), np.array(numbers, dtype=np.int64), rejects, False, text_of)
+
+
+def _check_line(number: int, raw: bytes) -> tuple[int, Row | Reject, str]:
+    try:
+        text = raw.decode("utf-8").rstrip("\r")
+    except UnicodeDecodeError as e:
+        return number, Reject("malformed_json", f"not valid UTF-8: {e}"), _decode(raw)
+    return number, validate_line(text), text
+
+
+def exact_lines(lines: Iterable[tuple[int, bytes]], text_of: Callable[[int], str]) -> BlockResult:
+    """Each (line number, raw line) through validate_line: slower, and the reference for every rule."""
+    return _collect((_check_line(number, raw) for number, raw in lines), text_of)
 
 
 def exact_block(block: bytes, first_line: int) -> BlockResult:
     """Every non-blank line of the block through the exact path."""
-    result = exact_lines(_nonblank_lines(block, first_line))
-    result.text_of = _line_lookup(block, first_line)
-    return result
+    return exact_lines(_nonblank_lines(block, first_line), _line_lookup(block, first_line))
 
 
 def _parse_timestamps(text: pa.Array) -> pa.Array:
@@ -694,7 +703,10 @@ def salvage_block(block: bytes, first_line: int) -> BlockResult | None:
         fast = fast_block(rebuilt[0].as_py(), first_line, numbers=good + first_line)
     except _NeedsExactPathError:
         return None
-    exact = exact_lines([(int(i) + first_line, lines[int(i)].as_py().rstrip(b"\n")) for i in suspect])
+    text_of = _line_lookup(block, first_line)
+    exact = exact_lines(
+        [(int(i) + first_line, lines[int(i)].as_py().rstrip(b"\n")) for i in suspect], text_of
+    )
     rejects = sorted(fast.rejects + exact.rejects, key=lambda r: r.line)
     table, numbers = fast.table, fast.lines
     if exact.table.num_rows:
@@ -702,7 +714,7 @@ def salvage_block(block: bytes, first_line: int) -> BlockResult | None:
         numbers = np.concatenate([numbers, exact.lines])
         order = np.argsort(numbers, kind="stable")
         table, numbers = table.take(_index_array(order)), numbers[order]
-    return BlockResult(table, numbers, rejects, True, _line_lookup(block, first_line))
+    return BlockResult(table, numbers, rejects, True, text_of)
 
 
 def validate_block(block: bytes, first_line: int, newlines: int | None = None) -> BlockResult:
@@ -777,7 +789,6 @@ def _mix(x: np.ndarray) -> np.ndarray:
 def fingerprints(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Two independent 64-bit hashes of each (non-null) string, computed on pyarrow's buffers with numpy:
     no Python object per row. Strings are grouped by length and hashed eight bytes at a time."""
-    strings = pa.array(strings, pa.string()) if not isinstance(strings, pa.Array) else strings
     count = len(strings)
     h1 = np.zeros(count, dtype=np.uint64)
     h2 = np.zeros(count, dtype=np.uint64)
@@ -1178,26 +1189,13 @@ def _transform_lines(
 
 def _transform_records(records: list[Any], outputs: _Outputs, seen: SeenIds, result: TransformResult) -> None:
     """A hand-uploaded file holding one object or one array: element n is reported as line n."""
-    rows: list[Row] = []
-    numbers: list[int] = []
-    rejects: list[RejectedLine] = []
     texts = [json.dumps(element, ensure_ascii=False, default=str) for element in records]
-    for number, (element, text) in enumerate(zip(records, texts, strict=True), start=1):
-        if not isinstance(element, dict):
-            rejects.append(
-                RejectedLine(number, "not_an_object", f"a JSON {_json_type(element)}, not an object", text)
-            )
-            continue
-        checked = validate_record(element)
-        if isinstance(checked, Reject):
-            rejects.append(RejectedLine(number, checked.reason, checked.detail, text))
-        else:
-            rows.append(checked)
-            numbers.append(number)
+    checked = (
+        (number, validate_value(element), text)
+        for number, (element, text) in enumerate(zip(records, texts, strict=True), start=1)
+    )
     result.exact_blocks += 1
-    lines = np.array(numbers, dtype=np.int64)
-    block = BlockResult(rows_to_table(rows), lines, rejects, False, lambda number: texts[number - 1])
-    _emit(block, outputs, seen, result)
+    _emit(_collect(checked, lambda number: texts[number - 1]), outputs, seen, result)
 
 
 def _emit(block: BlockResult, outputs: _Outputs, seen: SeenIds, result: TransformResult) -> None:
