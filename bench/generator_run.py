@@ -11,14 +11,21 @@ Lambda gives a function CPU in proportion to its memory: 1,769 MB is one vCPU, s
 invocation's duration is estimated as CPU seconds x 1769 / M (network waits not included). Limits are
 read from infra/template.yaml (MemorySize, Timeout, EphemeralStorage; /tmp is 512 MB when unset).
 
+After the invocation (its peak RSS already taken) the child also times the two ways the handler file
+can format a run: the streamed lines the handler writes (`iter_json_lines`) and the plain reference
+(`to_json_lines(generate_transactions(...))`), the gain that pays for the streamed path.
+
     .venv/bin/python -m bench.generator_run                  # TRANSACTIONS_PER_RUN=100,000, 3 runs
     .venv/bin/python -m bench.generator_run --rate 1000 --repeat 1 --json
+    git show REV:lambda/generator/lambda_function.py > /tmp/old.py
+    .venv/bin/python -m bench.generator_run --handler /tmp/old.py   # an earlier handler file
 """
 
 # ruff: noqa: PLC0415 - the child imports the handler inside the measured function
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -27,12 +34,15 @@ import statistics
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 TEMPLATE = ROOT / "infra" / "template.yaml"
+HANDLER = ROOT / "lambda" / "generator" / "lambda_function.py"
 RESULT_MARK = "GENERATOR_RUN_RESULT "
 ONE_VCPU_MB = 1769  # Lambda: a function with 1,769 MB has the equivalent of one vCPU
 DEFAULT_TMP_MB = 512  # Lambda's /tmp when EphemeralStorage is not set
@@ -47,12 +57,40 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def child() -> None:
+def load_handler(path: Path) -> ModuleType:
+    """The handler file imported as the console does: module name lambda_function."""
+    spec = importlib.util.spec_from_file_location("lambda_function", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["lambda_function"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def formatting_cpu(handler: ModuleType, rate: int) -> dict[str, float]:
+    """CPU seconds to format one run both ways, when the handler file has both."""
+    if not hasattr(handler, "iter_json_lines"):
+        return {}
+    run_time = handler.run_time_from_event({"time": EVENT_TIME}, datetime.now(UTC))
+    started = cpu_seconds()
+    streamed = b"".join(handler.iter_json_lines(run_time, rate, handler.make_rng(1, run_time)))
+    streamed_cpu = cpu_seconds() - started
+    started = cpu_seconds()
+    records = handler.generate_transactions(run_time, rate, handler.make_rng(1, run_time))
+    reference = handler.to_json_lines(records)
+    reference_cpu = cpu_seconds() - started
+    if streamed != reference:
+        raise RuntimeError("the streamed lines differ from the reference's")
+    return {"streamed_cpu_s": streamed_cpu, "reference_cpu_s": reference_cpu}
+
+
+def child(handler_path: Path, rate: int) -> None:
     """Import the handler (init), invoke it once (first invocation), print the figures as JSON."""
-    from bench._child import load_handler, peak_rss_mib
+    from bench._child import peak_rss_mib
 
     started_cpu = cpu_seconds()
-    handler = load_handler("generator")
+    handler = load_handler(handler_path)
     import_cpu = cpu_seconds() - started_cpu
     event = {
         "version": "0",
@@ -74,6 +112,7 @@ def child() -> None:
         "peak_rss_mib": peak_rss_mib(),
         "affinity": sorted(os.sched_getaffinity(0)),
     }
+    figures["formatting"] = formatting_cpu(handler, rate)
     sys.stdout.write(RESULT_MARK + json.dumps(figures) + "\n")
 
 
@@ -95,9 +134,10 @@ def generator_limits(template: Path = TEMPLATE) -> dict[str, int]:
     }
 
 
-def run_child(env: dict[str, str]) -> dict[str, Any]:
+def run_child(env: dict[str, str], handler: Path, rate: int) -> dict[str, Any]:
     """One child process on core 0; its figures."""
-    command = [sys.executable, "-m", "bench.generator_run", "--child"]
+    command = [sys.executable, "-m", "bench.generator_run", "--child", "--handler", str(handler)]
+    command += ["--rate", str(rate)]
     taskset = shutil.which("taskset")
     if taskset is None:
         raise RuntimeError("taskset (util-linux) is needed to pin the run to one core")
@@ -130,7 +170,7 @@ def check_object(s3: Any, bucket: str, key: str, count: int) -> int:
     return len(body)
 
 
-def measure(rate: int, repeat: int = 3, seed: int = 20261125) -> dict[str, Any]:
+def measure(rate: int, repeat: int = 3, seed: int = 20261125, handler: Path = HANDLER) -> dict[str, Any]:
     """Run the generator `repeat` times at TRANSACTIONS_PER_RUN=`rate`; figures against the limits."""
     from bench.run import BUCKET, aws_env, machine, moto_server, s3_for
 
@@ -141,7 +181,7 @@ def measure(rate: int, repeat: int = 3, seed: int = 20261125) -> dict[str, Any]:
         s3.create_bucket(Bucket=BUCKET)
         env = {**aws_env(endpoint), "TRANSACTIONS_PER_RUN": str(rate), "LOG_LEVEL": "WARNING"}
         for index in range(repeat):
-            run = run_child({**env, "RANDOM_SEED": str(seed + index)})
+            run = run_child({**env, "RANDOM_SEED": str(seed + index)}, handler, rate)
             run["object_bytes"] = check_object(s3, BUCKET, run["key"], rate)
             runs.append(run)
     cpu = statistics.median(r["invoke_cpu_s"] for r in runs)
@@ -150,8 +190,11 @@ def measure(rate: int, repeat: int = 3, seed: int = 20261125) -> dict[str, Any]:
     tmp_mib = max(r["object_bytes"] for r in runs) / 2**20
     share = limits["memory_mb"] / ONE_VCPU_MB
     estimate = cpu / share
+    formatting = [r["formatting"] for r in runs if r["formatting"]]
+    command = f"python -m bench.generator_run --rate {rate} --repeat {repeat}"
     return {
-        "command": f"python -m bench.generator_run --rate {rate} --repeat {repeat}",
+        "command": command + ("" if handler == HANDLER else f" --handler {handler}"),
+        "handler": str(handler),
         "machine": machine(),
         "rate": rate,
         "repeat": repeat,
@@ -165,6 +208,9 @@ def measure(rate: int, repeat: int = 3, seed: int = 20261125) -> dict[str, Any]:
         "init_cpu_s": init_cpu,
         "estimated_lambda_invoke_s": estimate,
         "estimated_lambda_init_s": init_cpu / share,
+        "formatting_cpu_s": {name: statistics.median(f[name] for f in formatting) for name in formatting[0]}
+        if formatting
+        else {},
         "headroom": {
             "memory": 1 - peak / limits["memory_mb"],
             "tmp": 1 - tmp_mib / limits["tmp_mb"],
@@ -215,6 +261,13 @@ def render(result: dict[str, Any]) -> str:
         f"{result['estimated_lambda_init_s']:.1f} s at that share",
         f"  within every limit: {'yes' if result['within_limits'] else 'NO'}",
     ]
+    fmt = result["formatting_cpu_s"]
+    if fmt:
+        lines.insert(
+            -1,
+            f"  formatting the run: streamed lines {fmt['streamed_cpu_s']:.2f} CPU s, plain reference "
+            f"{fmt['reference_cpu_s']:.2f} CPU s ({fmt['reference_cpu_s'] / fmt['streamed_cpu_s']:.1f}x)",
+        )
     return "\n".join(lines)
 
 
@@ -226,12 +279,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs, each in a fresh process (default 3)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
     parser.add_argument("--out", type=Path, default=OUT / "generator_run.json", help="a copy of the JSON")
+    parser.add_argument("--handler", type=Path, default=HANDLER, help="measure this handler file instead")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child()
+        child(args.handler, args.rate)
         return 0
-    result = measure(args.rate, args.repeat)
+    if not args.handler.is_file():
+        parser.error(f"--handler {args.handler}: no such file")
+    result = measure(args.rate, args.repeat, handler=args.handler.resolve())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     sys.stdout.write((json.dumps(result, indent=2) if args.json else render(result)) + "\n")

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from botocore.awsrequest import AWSResponse
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -374,3 +375,42 @@ def test_a_lambda_log_level_that_keeps_the_metrics_logs_no_error(s3, monkeypatch
 
 def test_the_generator_benchmark_reads_its_limits_from_the_stack():
     assert generator_run.generator_limits() == {"memory_mb": 128, "timeout_s": 30, "tmp_mb": 512}
+
+
+def test_a_put_retried_after_its_body_was_sent_stores_the_whole_file(s3, monkeypatch):
+    # GIVEN the first PUT's body reaches S3 but its answer is a 500 (moto reads every request's body,
+    # so the retry finds the temporary file at its end unless botocore rewinds it)
+    monkeypatch.setenv("BUCKET_NAME", BUCKET)
+    monkeypatch.setenv("TRANSACTIONS_PER_RUN", "5000")
+    monkeypatch.setenv("RANDOM_SEED", "11")
+    attempts = []
+
+    def fail_first_put(request, **_):
+        attempts.append(request.url)
+        if len(attempts) == 1:
+            return AWSResponse(request.url, 500, {}, _RawBody(b"<Error><Code>InternalError</Code></Error>"))
+        return None
+
+    gen.s3_client().meta.events.register_first("before-send.s3.PutObject", fail_first_put)
+    # WHEN the schedule fires
+    result = gen.lambda_handler(load_event("scheduled_event.json"), None)
+    # THEN botocore's retry sent the file again from its start: the object is the whole run
+    assert len(attempts) == 2
+    run_time = datetime(2026, 11, 25, 14, 5, tzinfo=UTC)
+    key, body, _ = gen.generate_run(gen.Config(BUCKET, 5000, 11), run_time)
+    assert result["key"] == key
+    assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == body
+
+
+class _RawBody:
+    """The raw stream botocore reads an error response from."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def stream(self, **_):
+        yield self._data
+
+    def read(self, *_):
+        data, self._data = self._data, b""
+        return data
