@@ -14,6 +14,7 @@ from decimal import Decimal
 
 import pytest
 from botocore.awsrequest import AWSResponse
+from botocore.compat import HTTPHeaders
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -388,7 +389,9 @@ def test_a_put_retried_after_its_body_was_sent_stores_the_whole_file(s3, monkeyp
     def fail_first_put(request, **_):
         attempts.append(request.url)
         if len(attempts) == 1:
-            return AWSResponse(request.url, 500, {}, _RawBody(b"<Error><Code>InternalError</Code></Error>"))
+            return AWSResponse(
+                request.url, 500, HTTPHeaders(), _RawBody(b"<Error><Code>InternalError</Code></Error>")
+            )
         return None
 
     gen.s3_client().meta.events.register_first("before-send.s3.PutObject", fail_first_put)

@@ -18,7 +18,7 @@ LAYER_ARN = re.compile(
 
 
 def _pins() -> dict[str, str]:
-    pins = {}
+    pins: dict[str, str] = {}
     for line in (ROOT / "requirements-dev.txt").read_text(encoding="utf-8").splitlines():
         match = re.match(r"^([A-Za-z0-9_.\[\],-]+)==([^;\s]+)", line)
         if match:
