@@ -331,7 +331,8 @@ def test_a_replayed_event_from_weeks_ago_is_stamped_with_the_time_the_metrics_ar
     monkeypatch.setenv("BUCKET_NAME", BUCKET)
     now = datetime(2026, 12, 23, 9, 30, 15, 250_000, tzinfo=UTC)
     # WHEN the handler runs with that clock
-    result = gen.lambda_handler(load_event("scheduled_event.json"), None, now=lambda: now)
+    monkeypatch.setattr(gen, "_utc_now", lambda: now)
+    result = gen.lambda_handler(load_event("scheduled_event.json"), None)
     # THEN the data keeps the event's day, and the metric datapoint carries the time it was emitted
     assert result["key"].startswith("raw/year=2026/month=11/day=25/transactions-20261125T140500Z-")
     (emf,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
@@ -341,7 +342,8 @@ def test_a_replayed_event_from_weeks_ago_is_stamped_with_the_time_the_metrics_ar
 def test_an_event_without_time_runs_at_the_clocks_time(s3, monkeypatch):
     monkeypatch.setenv("BUCKET_NAME", BUCKET)
     now = datetime(2027, 2, 3, 4, 5, 6, tzinfo=UTC)
-    result = gen.lambda_handler({}, None, now=lambda: now)
+    monkeypatch.setattr(gen, "_utc_now", lambda: now)
+    result = gen.lambda_handler({}, None)
     assert "/year=2027/month=02/day=03/transactions-20270203T040506Z-" in result["key"]
 
 

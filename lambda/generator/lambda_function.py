@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -394,6 +394,7 @@ def metrics_line(metrics: Mapping[str, tuple[float, str]], at: datetime) -> str:
 
 
 def _utc_now() -> datetime:
+    """The clock: the run time when the event has none, and the metrics' timestamp (tests replace it)."""
     return datetime.now(UTC)
 
 
@@ -404,19 +405,13 @@ def s3_client() -> S3Client:
     return client
 
 
-def lambda_handler(
-    event: dict[str, Any], context: Any, now: Callable[[], datetime] = _utc_now
-) -> dict[str, Any]:
-    """EventBridge schedule entry point: generate one file and put it under raw/.
-
-    `now` is the clock (tests pass their own): it decides the run time when the event has none and
-    stamps the metrics.
-    """
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """EventBridge schedule entry point: generate one file and put it under raw/."""
     started = time.perf_counter()
     config = load_config(os.environ)
     _logger.setLevel(config.log_level)
     warn_if_lambda_drops_metrics(os.environ)
-    run_time = run_time_from_event(event, now())
+    run_time = run_time_from_event(event, _utc_now())
     key, size = write_run(s3_client(), config, run_time)
     count = config.transactions_per_run
     _logger.info(
@@ -429,5 +424,5 @@ def lambda_handler(
             "duration_ms": round((time.perf_counter() - started) * 1000, 1),
         },
     )
-    sys.stdout.write(metrics_line({"RecordsGenerated": (count, "Count")}, now()) + "\n")
+    sys.stdout.write(metrics_line({"RecordsGenerated": (count, "Count")}, _utc_now()) + "\n")
     return {"bucket": config.bucket, "key": key, "count": count}
