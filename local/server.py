@@ -5,10 +5,9 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-from moto.server import ThreadedMotoServer
 
 _logger = logging.getLogger(__name__)
 
@@ -37,11 +36,13 @@ def check_port(port: int) -> None:
 
 @contextmanager
 def moto_s3(port: int = 0) -> Iterator[str]:
-    """Run moto's server on 127.0.0.1 (port 0: a free one) and yield its endpoint URL.
+    """Run moto's server on 127.0.0.1 (port 0: a free one), empty, and yield its endpoint URL.
 
     The server stops when the block ends, whether it ends normally, by an exception or by Ctrl-C.
     """
     check_port(port)
+    from moto.server import ThreadedMotoServer  # noqa: PLC0415 (half a second: only when the server starts)
+
     # werkzeug logs every request at INFO; the demo shows a progress bar instead.
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address=HOST, port=port, verbose=False)
@@ -49,6 +50,11 @@ def moto_s3(port: int = 0) -> Iterator[str]:
     try:
         host, bound = server.get_host_and_port()
         endpoint = f"http://{host}:{bound}"
+        # moto keeps its state per process, not per server: empty it, so that a second run in the same
+        # process (the tests) does not see the first run's objects.
+        reset = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")  # noqa: S310 (http://127.0.0.1)
+        with urllib.request.urlopen(reset, timeout=30):  # noqa: S310
+            pass
         _logger.debug("moto server started", extra={"endpoint": endpoint})
         yield endpoint
     finally:
