@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -41,7 +40,9 @@ def moto_s3(port: int = 0) -> Iterator[str]:
     The server stops when the block ends, whether it ends normally, by an exception or by Ctrl-C.
     """
     check_port(port)
-    from moto.server import ThreadedMotoServer  # noqa: PLC0415 (half a second: only when the server starts)
+    # Half a second of imports: only when a server starts (so `python -m local.demo --help` is instant).
+    from moto.moto_api._internal.models import moto_api_backend  # noqa: PLC0415
+    from moto.server import ThreadedMotoServer  # noqa: PLC0415
 
     # werkzeug logs every request at INFO; the demo shows a progress bar instead.
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
@@ -50,11 +51,9 @@ def moto_s3(port: int = 0) -> Iterator[str]:
     try:
         host, bound = server.get_host_and_port()
         endpoint = f"http://{host}:{bound}"
-        # moto keeps its state per process, not per server: empty it, so that a second run in the same
-        # process (the tests) does not see the first run's objects.
-        reset = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")  # noqa: S310 (http://127.0.0.1)
-        with urllib.request.urlopen(reset, timeout=30):  # noqa: S310
-            pass
+        # moto keeps its data in this process: a second server started here would see the first one's
+        # buckets. Every embedded S3 starts empty, as a fresh `make demo` does.
+        moto_api_backend.reset()
         _logger.debug("moto server started", extra={"endpoint": endpoint})
         yield endpoint
     finally:

@@ -20,7 +20,7 @@ from local.catalog import DDL_DIR, QUERIES_DIR
 from tools import run_athena
 
 REGION = "us-east-1"
-DATA_BUCKET = "my-ecommerce-bucket"
+DATA_BUCKET = "acme-shop-pipeline"
 RESULTS = f"s3://{DATA_BUCKET}/athena-results/"
 
 
