@@ -10,17 +10,19 @@ TOOLS_STAMP  := $(TOOLS_VENV)/.installed
 IMAGES_VENV  := .venv-images
 IMAGES_STAMP := $(IMAGES_VENV)/.installed
 
-.PHONY: help venv tools lint format typecheck test demo bench images architecture deploy destroy clean
+.PHONY: help venv tools lint format typecheck test demo bench images charts architecture console-files deploy destroy clean
 
 help:
-	@echo "make test    - lint, type-check and run every test (creates .venv and .venv-tools)"
-	@echo "make demo    - run the whole pipeline locally on an embedded S3 (creates .venv)"
-	@echo "make bench   - performance benchmark (make bench ARGS=--quick for a short run)"
-	@echo "make images  - redraw images/architecture.png (needs graphviz; installed with apt-get as root)"
-	@echo "make deploy  - deploy the stack to AWS: make deploy BUCKET=<new bucket> EMAIL=<alerts address>"
-	@echo "make destroy - delete the stack (the data bucket is kept)"
-	@echo "make format  - apply ruff's formatting and safe fixes"
-	@echo "make clean   - remove the venvs and local output"
+	@echo "make test          - lint, type-check and run every test (creates .venv and .venv-tools)"
+	@echo "make demo          - run the whole pipeline locally on an embedded S3; output in local/out/ (creates .venv)"
+	@echo "make bench         - performance benchmark (make bench ARGS=--quick for a short run)"
+	@echo "make images        - redraw the committed pictures in images/ (the diagram needs graphviz: apt-get as root)"
+	@echo "make console-files - the console path's files filled in, in build/console/:"
+	@echo "                     make console-files BUCKET=<bucket> ACCOUNT=<12 digits> [REGION=us-east-1]"
+	@echo "make deploy        - deploy the stack to AWS: make deploy BUCKET=<new bucket> EMAIL=<alerts address>"
+	@echo "make destroy       - delete the stack after confirmation (YES=1 skips it; the data bucket is kept)"
+	@echo "make format        - apply ruff's formatting and safe fixes"
+	@echo "make clean         - remove the venvs and local output"
 
 $(STAMP): requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed; run: make PYTHON=python3.12 ...")'
@@ -69,13 +71,25 @@ $(IMAGES_STAMP): infra/requirements-diagram.txt
 	$(IMAGES_VENV)/bin/python -m pip install --quiet -r infra/requirements-diagram.txt
 	@touch $(IMAGES_STAMP)
 
-images: architecture
+images: charts architecture
+
+# The committed charts: the demo on a fixed seed and a fixed window of seven complete UTC days, so every
+# run draws the same bytes (local/charts.py fixes the rest). Its other output goes to local/out/ as usual.
+CHARTS_RUN := --days 7 --end 2026-11-25T00:00Z --seed 42 --transactions-per-run 10 --bad-files 3
+charts: venv
+	$(BIN)/python -m local.demo $(CHARTS_RUN) --charts images
 
 # Draws images/architecture.png with graphviz's dot (installed here with apt-get when run as root).
-# The charts in images/ are redrawn by every `make demo`.
 architecture: $(IMAGES_STAMP)
 	@command -v dot >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq graphviz >/dev/null; } || { echo "make images needs graphviz's dot: apt-get install graphviz, or brew install graphviz"; exit 1; }
 	$(IMAGES_VENV)/bin/python infra/diagram.py images/architecture.png
+
+# The files a console user pastes, with {{BUCKET}}, {{REGION}} and {{ACCOUNT}} filled in (tools/console_files.py,
+# standard library only: no venv needed, so it runs in CloudShell). Variables given on make's command line
+# are in the recipe's environment, so the shell passes them on verbatim, whatever they hold.
+CONSOLE_OUT ?= build/console
+console-files:
+	@$(PYTHON) -m tools.console_files --bucket "$${BUCKET-}" --region "$${REGION-}" --account "$${ACCOUNT-}" --out "$(CONSOLE_OUT)"
 
 # Deployment to AWS: needs the AWS CLI and credentials; tests and CI never run these.
 AWS       ?= aws
@@ -91,7 +105,18 @@ deploy:
 	$(AWS) cloudformation deploy --template-file build/packaged.yaml --stack-name $(STACK) --capabilities CAPABILITY_IAM --parameter-overrides BucketName=$(BUCKET) AlertEmail=$(EMAIL) $(PARAMS)
 	$(AWS) cloudformation describe-stacks --stack-name $(STACK) --query "Stacks[0].Outputs" --output table
 
+# Says which stack (its full ARN: account and region) and asks for its name before deleting; YES=1 skips the question.
 destroy:
+	@stack_id=$$($(AWS) cloudformation describe-stacks --stack-name "$(STACK)" --query "Stacks[0].StackId" --output text) \
+	  || { echo "make destroy: no stack $(STACK) found with these credentials and region (choose another with STACK=<name>)"; exit 1; }; \
+	echo "make destroy deletes the CloudFormation stack $(STACK):"; \
+	echo "  $$stack_id"; \
+	echo "and every resource in it except the data bucket, which is kept (DeletionPolicy: Retain)."; \
+	if [ "$(YES)" != 1 ]; then \
+	  printf 'Type the stack name (%s) to delete it: ' "$(STACK)"; \
+	  read -r answer || answer=; \
+	  [ "$$answer" = "$(STACK)" ] || { echo "Not deleted (the answer was not $(STACK); YES=1 skips the question)."; exit 1; }; \
+	fi
 	$(AWS) cloudformation delete-stack --stack-name $(STACK)
 	$(AWS) cloudformation wait stack-delete-complete --stack-name $(STACK)
 	@echo "Stack $(STACK) deleted. Its bucket is kept (DeletionPolicy: Retain); to delete it and all its data:"

@@ -27,6 +27,8 @@ import pyarrow.compute as pc
 import sqlglot
 from sqlglot import exp
 
+from tools.console_files import placeholder, render
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -37,8 +39,8 @@ SQL_DIR = ROOT / "sql"
 DDL_DIR = SQL_DIR / "ddl"
 QUERIES_DIR = SQL_DIR / "queries"
 
-# The one token a user replaces with their bucket name in sql/ddl/*.sql.
-BUCKET_PLACEHOLDER = "YOUR_BUCKET_NAME"
+# How sql/ddl/*.sql names the bucket (tools/console_files.py defines the convention).
+BUCKET_PLACEHOLDER = placeholder("BUCKET")
 DATABASE = "ecommerce_db"
 PARTITION_RE = re.compile(r"year=(\d{4})/month=(\d{2})/day=(\d{2})/[^/]+$")
 
@@ -63,7 +65,7 @@ class TableDef:
     columns: tuple[Column, ...]
     partitions: tuple[Column, ...]
     storage: str  # "parquet" or "jsonl"
-    location: str  # s3://YOUR_BUCKET_NAME/prefix/
+    location: str  # s3://{{BUCKET}}/prefix/
 
     def prefix(self) -> str:
         """The key prefix under the bucket, e.g. processed/transactions/."""
@@ -73,9 +75,9 @@ class TableDef:
         return match.group(1)
 
 
-def ddl_files() -> list[Path]:
+def ddl_files(ddl_dir: Path = DDL_DIR) -> list[Path]:
     """The DDL in the order it must run (database first)."""
-    return sorted(DDL_DIR.glob("*.sql"))
+    return sorted(ddl_dir.glob("*.sql"))
 
 
 def query_files() -> list[Path]:
@@ -83,9 +85,9 @@ def query_files() -> list[Path]:
 
 
 def read_sql(path: Path, bucket: str | None = None) -> str:
-    """A file's text, with the bucket placeholder replaced when `bucket` is given."""
+    """A file's text, with the bucket placeholder filled in when `bucket` is given."""
     text = path.read_text(encoding="utf-8")
-    return text.replace(BUCKET_PLACEHOLDER, bucket) if bucket else text
+    return render(text, {"BUCKET": bucket}, str(path)) if bucket else text
 
 
 def parse_athena(sql: str, where: str) -> exp.Expr:
@@ -147,8 +149,10 @@ def table_def(path: Path) -> TableDef:
     )
 
 
-def table_defs() -> list[TableDef]:
-    return [table_def(p) for p in ddl_files() if "CREATE EXTERNAL TABLE" in p.read_text(encoding="utf-8")]
+def table_defs(ddl_dir: Path = DDL_DIR) -> list[TableDef]:
+    return [
+        table_def(p) for p in ddl_files(ddl_dir) if "CREATE EXTERNAL TABLE" in p.read_text(encoding="utf-8")
+    ]
 
 
 def to_duckdb(sql: str, where: str = "query") -> str:
@@ -233,15 +237,18 @@ def _view_sql(table: TableDef, root: Path, bucket: str) -> str:
     return f"SELECT\n  {_select_list(table, 'src')}\nFROM {source} AS src"
 
 
-def connect(root: Path, bucket: str) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection where the Athena tables exist as views over the bucket copied to `root`."""
+def connect(root: Path, bucket: str, ddl_dir: Path = DDL_DIR) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection where the Athena tables exist as views over the bucket copied to `root`.
+
+    The views follow the DDL in `ddl_dir` (sql/ddl/, or a copy filled in by make console-files).
+    """
     if not root.is_dir():
         raise FileNotFoundError(f"no local copy of the bucket at {root}")
     con = duckdb.connect()
     # Athena runs in UTC; so must every timestamp conversion here.
     con.execute("SET TimeZone = 'UTC'")
     created: set[str] = set()
-    for table in table_defs():
+    for table in table_defs(ddl_dir):
         if table.database not in created:
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(table.database)}")
             created.add(table.database)

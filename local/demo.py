@@ -2,14 +2,23 @@
 
 1. moto's S3 server starts on 127.0.0.1 (a free port) and the bucket is created;
 2. a simulated EventBridge schedule invokes the generator handler with real "Scheduled Event" events,
-   every five minutes of simulated time; each object it writes raises a real-format S3 ObjectCreated:Put
-   event that invokes the transformer handler; a few hand-uploaded files with bad lines show quarantine;
+   every five minutes of the window (by default the last complete UTC day); each object it writes
+   raises a real-format S3 ObjectCreated:Put event that invokes the transformer handler; a few
+   hand-uploaded files with bad lines show quarantine;
 3. the bucket is copied to local/out/bucket/, every query in sql/queries/ runs on DuckDB (translated
    from Athena's dialect by sqlglot), results are printed, the reconciliation is checked and the main
-   results are drawn as PNG charts in images/.
+   results are drawn as PNG charts in local/out/charts/.
 
-Usage: python -m local.demo [--days 1] [--transactions-per-run 10] [--seed 42] [--end 2026-11-25T00:00Z]
+Everything it writes is under local/out/ (git-ignored): a run leaves the repository as it was. The same
+seed and window give the same data, so the same numbers. Each phase is one function, called in order
+by run().
+
+Usage: python -m local.demo [--days 1] [--end 2026-11-25T00:00Z] [--transactions-per-run 10] [--seed 42]
 """
+
+# pandas, matplotlib, duckdb, boto3 and moto are imported only once the arguments are parsed, so that
+# --help and a usage error answer at once (they take seconds to import).
+# ruff: noqa: PLC0415
 
 from __future__ import annotations
 
@@ -21,30 +30,24 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import boto3
-import pandas as pd
-from tqdm import tqdm
-
-from local import catalog, charts
-from local.lambdas import load_lambda
-from local.pipeline import HandlerError, RunSummary, download_bucket, run_schedule, schedule
-from local.server import PortError, moto_s3
+from local.pipeline import HandlerError, RunSummary, Window, last_midnight
+from local.server import PortError
 
 if TYPE_CHECKING:
     from types import ModuleType
 
+    import pandas as pd
     from mypy_boto3_s3 import S3Client
 
 _logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "local" / "out"
-DEFAULT_IMAGES = ROOT / "images"
 BUCKET = "ecommerce-demo-bucket"
 REGION = "us-east-1"
 MARKER = ".demo-output"  # marks a folder this demo created, so a later run may replace it
@@ -56,14 +59,24 @@ class DemoError(RuntimeError):
 
 @dataclass(frozen=True)
 class Options:
-    days: float
+    window: Window
     transactions_per_run: int
     seed: int
-    end: datetime
     bad_files: int
     port: int
     out: Path
-    images: Path
+    charts: Path
+
+
+@dataclass
+class Session:
+    """The running pipeline a phase works on: the embedded S3, the handlers and what they reported."""
+
+    options: Options
+    s3: S3Client
+    generator: ModuleType
+    transformer: ModuleType
+    summary: RunSummary = field(default_factory=RunSummary)
 
 
 def _end_time(text: str) -> datetime:
@@ -74,28 +87,38 @@ def _end_time(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def parse_args(argv: Sequence[str] | None) -> Options:
+def parse_args(argv: Sequence[str] | None, now: datetime | None = None) -> Options:
     parser = argparse.ArgumentParser(prog="python -m local.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--days", type=float, default=1.0, help="simulated days of schedule (default 1)")
     parser.add_argument(
-        "--transactions-per-run", type=int, default=10, help="generator TRANSACTIONS_PER_RUN (default 10)"
+        "--days", type=float, default=1.0, help="length of the window in days, fractions allowed (default 1)"
     )
-    parser.add_argument("--seed", type=int, default=42, help="generator RANDOM_SEED (default 42)")
     parser.add_argument(
         "--end",
         type=_end_time,
-        default=datetime.now(UTC),
-        help="last tick of the schedule, ISO 8601 UTC (default: now); with --seed, a fixed --end "
-        "reproduces the same data",
+        default=None,
+        help="end of the window, ISO 8601 UTC (default: the last midnight UTC, so the window is the last "
+        "complete UTC day); days the window covers only in part are labelled partial",
+    )
+    parser.add_argument(
+        "--transactions-per-run", type=int, default=10, help="generator TRANSACTIONS_PER_RUN (default 10)"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=42,
+        help="generator RANDOM_SEED: the same seed and window give the same data",
     )
     parser.add_argument(
         "--bad-files", type=int, default=3, help="hand-uploaded files with bad lines (default 3)"
     )
     parser.add_argument("--port", type=int, default=0, help="port for the embedded S3 (default: a free one)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default local/out)")
     parser.add_argument(
-        "--images", type=Path, default=DEFAULT_IMAGES, help="folder for the charts (default images)"
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="output folder, replaced by each run (default local/out)",
     )
+    parser.add_argument("--charts", type=Path, help="folder for the PNG charts (default: <out>/charts)")
     args = parser.parse_args(argv)
     if args.days <= 0:
         parser.error(f"--days must be positive, got {args.days}")
@@ -103,15 +126,20 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         parser.error(f"--transactions-per-run must be between 1 and 100000, got {args.transactions_per_run}")
     if args.bad_files < 0:
         parser.error(f"--bad-files cannot be negative, got {args.bad_files}")
+    end = args.end if args.end is not None else last_midnight(now or datetime.now(UTC))
+    try:
+        window = Window.ending(end, args.days)
+    except ValueError as e:
+        parser.error(f"--days: {e}")
+    out = args.out.resolve()
     return Options(
-        days=args.days,
+        window=window,
         transactions_per_run=args.transactions_per_run,
         seed=args.seed,
-        end=args.end,
         bad_files=args.bad_files,
         port=args.port,
-        out=args.out.resolve(),
-        images=args.images.resolve(),
+        out=out,
+        charts=(args.charts or out / "charts").resolve(),
     )
 
 
@@ -162,25 +190,6 @@ def handler_environment(values: dict[str, str], handlers: Sequence[ModuleType]) 
             handler.s3_client.cache_clear()
 
 
-def question(path: Path) -> str:
-    """The question a query answers: its opening comment, up to the question mark."""
-    lines = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.startswith("--"):
-            break
-        lines.append(line.removeprefix("--").strip())
-    text = " ".join(lines)
-    end = text.find("?")
-    return text[: end + 1] if end >= 0 else text or path.stem
-
-
-def show(frame: pd.DataFrame) -> str:
-    if frame.empty:
-        return "  (no rows)"
-    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 40):
-        return "\n".join("  " + line for line in frame.to_string(index=False).splitlines())
-
-
 @contextlib.contextmanager
 def handler_logs(path: Path) -> Iterator[None]:
     """The handlers' log lines go to a file, as they would go to CloudWatch Logs, not to the terminal."""
@@ -196,61 +205,136 @@ def handler_logs(path: Path) -> Iterator[None]:
         handler.close()
 
 
-def run_pipeline(options: Options, endpoint: str, metrics_log: Path) -> RunSummary:
+@contextlib.contextmanager
+def embedded_pipeline(options: Options) -> Iterator[Session]:
+    """moto's S3 on 127.0.0.1 with the bucket, and the real handlers configured to use it, as on Lambda.
+
+    The handlers' log lines go to <out>/handlers.log (their metric lines: see metric_lines). The
+    server stops when the block ends, however it ends.
+    """
+    import boto3
+
+    from local.lambdas import load_lambda
+    from local.server import moto_s3
+
     generator = load_lambda("generator")
     transformer = load_lambda("transformer")
-    env = {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "demo",
-        "AWS_SECRET_ACCESS_KEY": "demo",
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "BUCKET_NAME": BUCKET,
-        "TRANSACTIONS_PER_RUN": str(options.transactions_per_run),
-        "RANDOM_SEED": str(options.seed),
-    }
-    ticks = schedule(options.end, options.days)
-    with handler_environment(env, [generator, transformer]):
-        s3: S3Client = boto3.client("s3", endpoint_url=endpoint, region_name=REGION)
-        s3.create_bucket(Bucket=BUCKET)
-        first, last = ticks[0], ticks[-1]
-        print(
-            f"Schedule: {len(ticks)} ticks every 5 minutes, "
-            f"{first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC; "
-            f"{options.transactions_per_run} transactions per run, seed {options.seed}, "
-            f"{options.bad_files} hand-uploaded files with bad lines"
+    with moto_s3(options.port) as endpoint:
+        print(f"Embedded S3 (moto) on {endpoint}, bucket {BUCKET}")
+        env = {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "demo",
+            "AWS_SECRET_ACCESS_KEY": "demo",
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "BUCKET_NAME": BUCKET,
+            "TRANSACTIONS_PER_RUN": str(options.transactions_per_run),
+            "RANDOM_SEED": str(options.seed),
+        }
+        with handler_environment(env, [generator, transformer]), handler_logs(options.out / "handlers.log"):
+            s3: S3Client = boto3.client("s3", endpoint_url=endpoint, region_name=REGION)
+            s3.create_bucket(Bucket=BUCKET)
+            yield Session(options=options, s3=s3, generator=generator, transformer=transformer)
+    print("Embedded S3 stopped.")
+
+
+@contextlib.contextmanager
+def metric_lines(options: Options) -> Iterator[None]:
+    """While handlers run: their stdout (the EMF metric lines CloudWatch would read) goes to a file."""
+    with (
+        (options.out / "metrics.jsonl").open("a", encoding="utf-8") as log,
+        contextlib.redirect_stdout(log),
+    ):
+        yield
+
+
+# --- Phases: each takes the session and prints what it did ------------------------------------------
+
+
+def simulate_schedule(session: Session) -> None:
+    """Phase 1: the generator on every tick of the window, the transformer on every object written."""
+    from tqdm import tqdm
+
+    from local.pipeline import run_schedule
+
+    options = session.options
+    ticks = options.window.ticks()
+    print(
+        f"Window: {options.window.describe()}; {len(ticks)} runs every 5 minutes, "
+        f"{options.transactions_per_run} transactions per run, seed {options.seed}, "
+        f"{options.bad_files} hand-uploaded files with bad lines"
+    )
+    with (
+        tqdm(total=len(ticks), unit="tick", desc="pipeline", file=sys.stderr) as bar,
+        metric_lines(options),
+    ):
+
+        def progress(summary: RunSummary) -> None:
+            bar.update(1)
+            bar.set_postfix(rows=summary.rows_written, quarantined=summary.quarantined, refresh=False)
+
+        session.summary = run_schedule(
+            session.s3,
+            BUCKET,
+            session.generator,
+            session.transformer,
+            ticks,
+            bad_files=options.bad_files,
+            seed=options.seed,
+            on_tick=progress,
         )
-        with (
-            tqdm(total=len(ticks), unit="tick", desc="pipeline", file=sys.stderr) as bar,
-            metrics_log.open("w", encoding="utf-8") as log,
-            handler_logs(options.out / "handlers.log"),
-            contextlib.redirect_stdout(log),  # the handlers' EMF metric lines, kept in a file
-        ):
-
-            def progress(summary: RunSummary) -> None:
-                bar.update(1)
-                bar.set_postfix(rows=summary.rows_written, quarantined=summary.quarantined, refresh=False)
-
-            summary = run_schedule(
-                s3,
-                BUCKET,
-                generator,
-                transformer,
-                ticks,
-                bad_files=options.bad_files,
-                seed=options.seed,
-                on_tick=progress,
-            )
-        objects = download_bucket(s3, BUCKET, options.out / "bucket")
+    summary = session.summary
     print(
         f"Handlers: {summary.raw_files} raw files, {summary.records_read} records read, "
-        f"{summary.rows_written} rows written, {summary.quarantined} quarantined; "
-        f"{objects} objects copied to {options.out / 'bucket'}"
+        f"{summary.rows_written} rows written, {summary.quarantined} quarantined"
     )
-    return summary
+
+
+def copy_bucket(session: Session) -> None:
+    """Last phase with the server up: the bucket as files under <out>/bucket/, for the queries."""
+    from local.pipeline import download_bucket
+
+    dest = session.options.out / "bucket"
+    objects = download_bucket(session.s3, BUCKET, dest)
+    print(f"{objects} objects copied to {dest}")
+
+
+# --- After the server has stopped -------------------------------------------------------------------
+
+
+def question(path: Path) -> str:
+    """The question a query answers: its opening comment, up to the question mark."""
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("--"):
+            break
+        lines.append(line.removeprefix("--").strip())
+    text = " ".join(lines)
+    end = text.find("?")
+    return text[: end + 1] if end >= 0 else text or path.stem
+
+
+def show(frame: pd.DataFrame, window: Window) -> str:
+    """The result as a text table; a row of a day the window covers only in part says so."""
+    import pandas as pd
+
+    if frame.empty:
+        return "  (no rows)"
+    if {"year", "month", "day"} <= set(frame.columns):
+        complete = window.complete_dates()
+        days = [
+            date(int(y), int(m), int(d))
+            for y, m, d in zip(frame["year"], frame["month"], frame["day"], strict=True)
+        ]
+        frame = frame.assign(window=["" if d in complete else "partial day" for d in days])
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 40):
+        return "\n".join("  " + line for line in frame.to_string(index=False).splitlines())
 
 
 def run_queries(options: Options) -> dict[str, pd.DataFrame]:
+    """Every sql/queries/ file on DuckDB over the bucket copy; printed, and saved as CSV."""
+    from local import catalog
+
     con = catalog.connect(options.out / "bucket", BUCKET)
     results_dir = options.out / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -259,7 +343,7 @@ def run_queries(options: Options) -> dict[str, pd.DataFrame]:
         frame = catalog.run_query(con, path)
         results[path.stem] = frame
         frame.to_csv(results_dir / f"{path.stem}.csv", index=False)
-        print(f"\n== sql/queries/{path.name}\n   {question(path)}\n{show(frame)}")
+        print(f"\n== sql/queries/{path.name}\n   {question(path)}\n{show(frame, options.window)}")
     return results
 
 
@@ -284,50 +368,58 @@ def report_reconciliation(summary: RunSummary, results: dict[str, pd.DataFrame])
 
 
 def write_charts(options: Options, results: dict[str, pd.DataFrame]) -> list[Path]:
-    subtitle = (
-        f"local demo: {options.days:g} day(s) of 5-minute runs, {options.transactions_per_run} transactions "
-        f"per run, seed {options.seed}"
+    from local import charts
+
+    context = charts.ChartContext(
+        subtitle=(
+            f"{options.window.describe()}\nlocal demo: {options.transactions_per_run} transactions every "
+            f"5 minutes, seed {options.seed}"
+        ),
+        currency=charts.currency(),
+        complete_days=frozenset(options.window.complete_dates()),
     )
     written = []
-    for stem, (draw, name) in charts.CHARTS.items():
-        frame = results.get(stem)
-        if frame is not None and not frame.empty:
-            written.append(draw(frame, options.images / name, subtitle))
+    try:
+        for stem, (draw, name) in charts.CHARTS.items():
+            frame = results.get(stem)
+            if frame is not None and not frame.empty:
+                written.append(draw(frame, options.charts / name, context))
+    except OSError as e:
+        raise DemoError(
+            f"cannot write charts to {options.charts}: {e.strerror or e}; choose another with --charts"
+        ) from e
     return written
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def run(options: Options) -> int:
     started = time.perf_counter()
     prepare_out(options.out)
-    with moto_s3(options.port) as endpoint:
-        print(f"Embedded S3 (moto) on {endpoint}, bucket {BUCKET}")
-        summary = run_pipeline(options, endpoint, options.out / "metrics.jsonl")
-    print("Embedded S3 stopped.")
+    with embedded_pipeline(options) as session:
+        simulate_schedule(session)
+        copy_bucket(session)
     results = run_queries(options)
-    ok = report_reconciliation(summary, results)
-    try:
-        written = write_charts(options, results)
-    except OSError as e:
-        raise DemoError(
-            f"cannot write charts to {options.images}: {e.strerror or e}; choose another with --images"
-        ) from e
-    rel = [str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in written]
-    print(f"\nCharts: {', '.join(rel)}")
+    ok = report_reconciliation(session.summary, results)
+    written = write_charts(options, results)
+    print(f"\nCharts: {', '.join(_shown(p) for p in written)}")
     print(
-        f"Results as CSV in {options.out / 'results'}; the handlers' logs and EMF metric lines in "
-        f"{options.out / 'handlers.log'} and {options.out / 'metrics.jsonl'}"
+        f"Results as CSV in {_shown(options.out / 'results')}; the handlers' logs and EMF metric lines in "
+        f"{_shown(options.out / 'handlers.log')} and {_shown(options.out / 'metrics.jsonl')}"
     )
     print(f"Done in {time.perf_counter() - started:.1f} s.")
     return 0 if ok else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    options = parse_args(argv)
     # The terminal shows warnings and errors only: the handlers set the root logger to INFO when imported.
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.WARNING)
     console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(console)
-    options = parse_args(argv)
     try:
         return run(options)
     except (DemoError, PortError) as e:
@@ -343,6 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ndemo: interrupted; the embedded S3 has been stopped.", file=sys.stderr)
         return 130
+    finally:
+        logging.getLogger().removeHandler(console)
 
 
 def _entry(argv: Any = None) -> None:

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 _logger = logging.getLogger(__name__)
 
 TICK = timedelta(minutes=5)
+DAY = timedelta(days=1)
 
 
 class HandlerError(RuntimeError):
@@ -51,16 +52,64 @@ class RunSummary:
     bad_files: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Window:
+    """The simulated span [start, end): one generator run every five minutes after `start` up to `end`.
+
+    A run at time t writes transactions stamped in the five minutes before t, so the runs of a window
+    cover exactly [start, end). A UTC day is complete when the window covers it whole.
+    """
+
+    start: datetime
+    end: datetime
+
+    @classmethod
+    def ending(cls, end: datetime, days: float) -> Window:
+        """The window of `days` days up to `end`, rounded down to the five-minute grid."""
+        if days <= 0:
+            raise ValueError(f"days must be positive, got {days}")
+        end = end.astimezone(UTC).replace(second=0, microsecond=0)
+        end -= timedelta(minutes=end.minute % 5)
+        count = round(timedelta(days=days) / TICK)
+        if count < 1:
+            raise ValueError(f"{days} days is shorter than one five-minute tick")
+        return cls(start=end - TICK * count, end=end)
+
+    def ticks(self) -> list[datetime]:
+        """The schedule's run times: start + 5 minutes, ..., end."""
+        count = round((self.end - self.start) / TICK)
+        return [self.start + TICK * i for i in range(1, count + 1)]
+
+    def dates(self) -> list[date]:
+        """Every UTC date the window's transactions fall on."""
+        last = (self.end - timedelta(milliseconds=1)).date()
+        return [self.start.date() + timedelta(days=i) for i in range((last - self.start.date()).days + 1)]
+
+    def partial_dates(self) -> list[date]:
+        """The dates the window covers only in part (their totals are not a whole day's)."""
+        midnights = [(d, datetime.combine(d, time(), UTC)) for d in self.dates()]
+        return [d for d, midnight in midnights if not self.start <= midnight < midnight + DAY <= self.end]
+
+    def complete_dates(self) -> list[date]:
+        return [d for d in self.dates() if d not in self.partial_dates()]
+
+    def describe(self) -> str:
+        """E.g. "2026-11-24 00:00 to 2026-11-25 00:00 UTC (1 complete day)"."""
+        complete = len(self.complete_dates())
+        parts = [f"{complete} complete day{'s' if complete != 1 else ''}"] if complete else []
+        if self.partial_dates():
+            parts.append("partial: " + ", ".join(f"{d:%Y-%m-%d}" for d in self.partial_dates()))
+        return f"{self.start:%Y-%m-%d %H:%M} to {self.end:%Y-%m-%d %H:%M} UTC ({'; '.join(parts)})"
+
+
+def last_midnight(now: datetime) -> datetime:
+    """The start of the current UTC day: the end of the last complete one."""
+    return datetime.combine(now.astimezone(UTC).date(), time(), UTC)
+
+
 def schedule(end: datetime, days: float) -> list[datetime]:
     """The ticks of a rate(5 minutes) rule over `days` days ending at `end` (both ends on the grid)."""
-    if days <= 0:
-        raise ValueError(f"days must be positive, got {days}")
-    end = end.astimezone(UTC).replace(second=0, microsecond=0)
-    end -= timedelta(minutes=end.minute % 5)
-    count = round(timedelta(days=days) / TICK)
-    if count < 1:
-        raise ValueError(f"{days} days is shorter than one five-minute tick")
-    return [end - TICK * i for i in range(count - 1, -1, -1)]
+    return Window.ending(end, days).ticks()
 
 
 def s3_event_for(s3: S3Client, bucket: str, key: str, at: datetime) -> dict[str, Any]:

@@ -8,9 +8,6 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from moto.moto_api._internal.models import moto_api_backend
-from moto.server import ThreadedMotoServer
-
 _logger = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
@@ -38,11 +35,15 @@ def check_port(port: int) -> None:
 
 @contextmanager
 def moto_s3(port: int = 0) -> Iterator[str]:
-    """Run moto's server on 127.0.0.1 (port 0: a free one) and yield its endpoint URL.
+    """Run moto's server on 127.0.0.1 (port 0: a free one), empty, and yield its endpoint URL.
 
     The server stops when the block ends, whether it ends normally, by an exception or by Ctrl-C.
     """
     check_port(port)
+    # Half a second of imports: only when a server starts (so `python -m local.demo --help` is instant).
+    from moto.moto_api._internal.models import moto_api_backend  # noqa: PLC0415
+    from moto.server import ThreadedMotoServer  # noqa: PLC0415
+
     # werkzeug logs every request at INFO; the demo shows a progress bar instead.
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address=HOST, port=port, verbose=False)

@@ -13,19 +13,24 @@ from moto import mock_aws
 
 # The one loader of the handler files, shared with the demo and the benchmark; re-exported for the tests.
 from local.lambdas import load_lambda
+from tools.console_files import render
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events"
-BUCKET = "your-ecommerce-bucket"  # the bucket named in events/*.json
+# The values the tests fill the events' {{BUCKET}}, {{REGION}} and {{ACCOUNT}} with (ACCOUNT is moto's).
+BUCKET = "ecommerce-test-bucket"
 REGION = "us-east-1"
+ACCOUNT = "123456789012"
 
-__all__ = ["BUCKET", "EVENTS", "REGION", "ROOT", "load_event", "load_lambda"]
+__all__ = ["ACCOUNT", "BUCKET", "EVENTS", "REGION", "ROOT", "load_event", "load_lambda"]
 
 
 def load_event(name: str) -> dict[str, Any]:
-    """A sample event from events/, the same file a console user pastes into the Test tab."""
-    with (EVENTS / name).open(encoding="utf-8") as f:
-        event: dict[str, Any] = json.load(f)
+    """A sample event from events/, filled in as `make console-files` fills in what a console user pastes."""
+    text = (EVENTS / name).read_text(encoding="utf-8")
+    event: dict[str, Any] = json.loads(
+        render(text, {"BUCKET": BUCKET, "REGION": REGION, "ACCOUNT": ACCOUNT}, name)
+    )
     return event
 
 

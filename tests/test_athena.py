@@ -20,7 +20,7 @@ from local.catalog import DDL_DIR, QUERIES_DIR
 from tools import run_athena
 
 REGION = "us-east-1"
-DATA_BUCKET = "my-ecommerce-bucket"
+DATA_BUCKET = "acme-shop-pipeline"
 RESULTS = f"s3://{DATA_BUCKET}/athena-results/"
 
 
@@ -58,9 +58,9 @@ def test_ddl_is_sent_with_the_bucket_name_database_workgroup_and_output_location
     code = run_athena.main([*args, "--region", REGION])
     assert code == 0
     [execution] = _executions(aws["athena"])
-    expected_sql = ddl.read_text(encoding="utf-8").replace("YOUR_BUCKET_NAME", DATA_BUCKET).strip()
+    expected_sql = ddl.read_text(encoding="utf-8").replace("{{BUCKET}}", DATA_BUCKET).strip()
     assert execution["Query"] == expected_sql
-    assert "YOUR_BUCKET_NAME" not in execution["Query"]
+    assert "{{" not in execution["Query"]
     assert execution["QueryExecutionContext"]["Database"] == "ecommerce_db"
     query_id = execution["QueryExecutionId"]
     assert execution["ResultConfiguration"]["OutputLocation"] == f"{RESULTS}{query_id}.csv"

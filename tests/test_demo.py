@@ -5,17 +5,21 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import shutil
 import socket
-from datetime import UTC, datetime
+import subprocess
+import sys
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
 
+import pandas as pd
 import pytest
 
-from local import catalog, demo, pipeline
+from local import catalog, charts, demo, pipeline
 from local.events import s3_put_event, scheduled_event
-from tests.conftest import load_event, load_lambda
+from tests.conftest import ROOT, load_event, load_lambda
 
 END = "2026-11-25T00:30:00Z"  # the ticks cross midnight
 
@@ -32,8 +36,6 @@ def _args(tmp_path: Path, *extra: str) -> list[str]:
         END,
         "--out",
         str(tmp_path / "out"),
-        "--images",
-        str(tmp_path / "images"),
         *extra,
     ]
 
@@ -73,8 +75,12 @@ def test_demo_runs_the_pipeline_prints_every_query_and_writes_charts(tmp_path, c
     assert "Reconciliation (handlers' own counts)" in out
     assert "MISMATCH" not in out
     for name in ("sales_by_category", "revenue_by_hour", "daily_revenue", "top_products_by_revenue"):
-        png = tmp_path / "images" / f"{name}.png"
+        png = tmp_path / "out" / "charts" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The window crosses midnight: both days are partial, and the tables say so.
+    assert "Window: 2026-11-24 23:30 to 2026-11-25 00:30 UTC (partial: 2026-11-24, 2026-11-25)" in out
+    daily = out.split("== sql/queries/daily_revenue.sql")[1].split("==")[0]
+    assert daily.count("partial day") == 2
     bucket = tmp_path / "out" / "bucket"
     assert len(list((bucket / "raw").rglob("*.json"))) == 12 + 1
     assert list((bucket / "processed").rglob("*.parquet"))
@@ -84,16 +90,131 @@ def test_demo_runs_the_pipeline_prints_every_query_and_writes_charts(tmp_path, c
     assert "AWS_ENDPOINT_URL" not in os.environ
 
 
-def test_a_second_run_replaces_the_first_runs_output(tmp_path, capsys):
+def _outputs(out: Path) -> dict[str, bytes]:
+    """Every result and chart of a run; dq_latest_partition without its lag behind the clock."""
+    found = {p.name: p.read_bytes() for p in sorted((out / "charts").glob("*.png"))}
+    for path in sorted((out / "results").glob("*.csv")):
+        frame = pd.read_csv(path)
+        found[path.name] = frame.drop(columns=["lag_minutes"], errors="ignore").to_csv().encode()
+    return found
+
+
+def test_a_second_run_replaces_the_first_and_the_same_seed_and_window_give_the_same_results(tmp_path, capsys):
     assert demo.main(_args(tmp_path)) == 0
-    first = (tmp_path / "out" / "results" / "sales_by_category.csv").read_text()
+    first = _outputs(tmp_path / "out")
     stale = tmp_path / "out" / "bucket" / "raw" / "left-over.json"
     stale.write_text("{}\n")
     assert demo.main(_args(tmp_path)) == 0
     assert not stale.exists()
-    # Same seed and same schedule: the same data, so the same answers.
-    assert (tmp_path / "out" / "results" / "sales_by_category.csv").read_text() == first
+    # Same seed and same window: the same data, so the same answers and byte-identical charts.
+    assert len(first) == len(catalog.query_files()) + len(charts.CHARTS)
+    assert _outputs(tmp_path / "out") == first
     capsys.readouterr()
+
+
+def test_the_default_window_is_the_last_complete_utc_day():
+    options = demo.parse_args([], now=datetime(2026, 11, 25, 0, 0, 1, tzinfo=UTC))
+    assert options.window.start == datetime(2026, 11, 24, tzinfo=UTC)
+    assert options.window.end == datetime(2026, 11, 25, tzinfo=UTC)
+    assert options.window.complete_dates() == [date(2026, 11, 24)]
+    assert options.window.partial_dates() == []
+    assert len(options.window.ticks()) == 288
+    late = demo.parse_args(["--days", "7"], now=datetime(2026, 11, 25, 23, 59, tzinfo=UTC))
+    assert late.window.complete_dates() == [date(2026, 11, d) for d in range(18, 25)]
+    assert late.window.end == datetime(2026, 11, 25, tzinfo=UTC)
+
+
+def test_a_window_ending_at_any_time_has_partial_days_at_both_ends():
+    window = pipeline.Window.ending(datetime(2026, 11, 25, 12, 3, tzinfo=UTC), 2)
+    assert window.end == datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    assert window.partial_dates() == [date(2026, 11, 23), date(2026, 11, 25)]
+    assert window.complete_dates() == [date(2026, 11, 24)]
+    assert "(1 complete day; partial: 2026-11-23, 2026-11-25)" in window.describe()
+
+
+def test_charts_label_partial_days_name_the_currency_and_are_byte_identical_for_the_same_data(tmp_path):
+    frame = pd.DataFrame(
+        {"year": [2026, 2026], "month": [11, 11], "day": [24, 25], "orders": [3, 1], "revenue": [10.5, 2.0]}
+    )
+    context = charts.ChartContext(
+        subtitle="test", currency="USD", complete_days=frozenset({date(2026, 11, 24)})
+    )
+    assert charts.day_labels(frame, context) == ["2026-11-24", "2026-11-25\n(partial)"]
+    first = charts.daily_revenue(frame, tmp_path / "a.png", context).read_bytes()
+    second = charts.daily_revenue(frame, tmp_path / "b.png", context).read_bytes()
+    assert first == second
+    assert b"matplotlib" not in first  # no Software chunk: the bytes depend on the data only
+    assert charts.currency() == load_lambda("generator").CURRENCY
+
+
+def test_help_answers_before_pandas_matplotlib_duckdb_boto3_or_moto_are_imported():
+    code = (
+        "import sys\n"
+        "from local import demo\n"
+        "try:\n"
+        "    demo.main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = {'pandas', 'matplotlib', 'duckdb', 'boto3', 'moto', 'pyarrow', 'sqlglot'}\n"
+        "print('heavy:', sorted(heavy & set(sys.modules)))\n"
+    )
+    result = subprocess.run(  # noqa: S603 (fixed arguments)
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, timeout=60
+    )
+    assert "usage: python -m local.demo" in result.stdout
+    assert result.stdout.strip().endswith("heavy: []")
+
+
+def _copy_of_the_repository(dest: Path) -> Path:
+    """The working tree's files (as they are now, not as committed) in a fresh repository at dest."""
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],  # noqa: S607
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "copy"]):
+        subprocess.run([*git, *args], cwd=dest, check=True, capture_output=True)  # noqa: S603
+    return dest
+
+
+def _status(repo: Path) -> str:
+    return subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"],  # noqa: S607
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def test_a_demo_run_with_its_defaults_leaves_git_status_unchanged(tmp_path):
+    repo = _copy_of_the_repository(tmp_path / "repo")
+    before = _status(repo)
+
+    # The defaults for every output location, as `make demo` runs it; a short window to stay fast.
+    result = subprocess.run(  # noqa: S603 (fixed arguments)
+        [sys.executable, "-m", "local.demo", "--days", str(1 / 24), "--transactions-per-run", "2"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (repo / "local" / "out" / "charts" / "daily_revenue.png").is_file()
+    assert _status(repo) == before
 
 
 def test_a_folder_the_demo_did_not_make_is_never_deleted(tmp_path, capsys):
@@ -118,12 +239,13 @@ def test_a_port_in_use_gives_a_clear_message(tmp_path, capsys):
 def test_ctrl_c_stops_the_embedded_s3(tmp_path, capsys, monkeypatch):
     seen: list[str] = []
 
-    def interrupted(options: demo.Options, endpoint: str, metrics_log: Path) -> pipeline.RunSummary:
+    def interrupted(session: demo.Session) -> None:
+        endpoint = session.s3.meta.endpoint_url
         seen.append(endpoint)
         assert _listening(int(endpoint.rsplit(":", 1)[1]))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(demo, "run_pipeline", interrupted)
+    monkeypatch.setattr(demo, "simulate_schedule", interrupted)
     assert demo.main(_args(tmp_path)) == 130
     assert "interrupted" in capsys.readouterr().err
     assert not _listening(int(seen[0].rsplit(":", 1)[1]))

@@ -1,10 +1,10 @@
 """Run one sql/ file on Amazon Athena and print its result, with AWS SDK for pandas (awswrangler).
 
     .venv/bin/python -m tools.run_athena sql/queries/sales_by_category.sql \\
-        --bucket my-ecommerce-bucket --workgroup primary \\
-        --s3-output s3://my-ecommerce-bucket/athena-results/ --region us-east-1
+        --bucket ecommerce-pipeline-123456789012 --workgroup primary \\
+        --s3-output s3://ecommerce-pipeline-123456789012/athena-results/ --region us-east-1
 
-The file's YOUR_BUCKET_NAME is replaced by --bucket; the SQL is checked as Athena SQL before it is sent;
+The file's {{BUCKET}} is replaced by --bucket; the SQL is checked as Athena SQL before it is sent;
 the tables a query reads are looked up in the Glue Data Catalog first, so a missing table gives a clear
 error instead of a failed query. DDL (CREATE ...) runs with start_query_execution and waits; a query
 runs with read_sql_query (ctas_approach=False: no temporary tables) and its rows are printed.
@@ -27,6 +27,7 @@ import pandas as pd
 from sqlglot import exp
 
 from local.catalog import BUCKET_PLACEHOLDER, DATABASE, SqlFileError, parse_athena
+from tools.console_files import ConsoleFilesError, check_bucket, render
 
 _logger = logging.getLogger(__name__)
 
@@ -56,7 +57,10 @@ def prepare(path: Path, bucket: str | None, database: str, workgroup: str, s3_ou
             raise AthenaRunError(
                 f"{path} names the bucket as {BUCKET_PLACEHOLDER}: pass --bucket YOUR-BUCKET"
             )
-        text = text.replace(BUCKET_PLACEHOLDER, bucket)
+        try:
+            text = render(text, {"BUCKET": check_bucket(bucket)}, str(path))
+        except ConsoleFilesError as e:
+            raise AthenaRunError(str(e)) from e
     if s3_output is not None and not s3_output.startswith("s3://"):
         raise AthenaRunError(f"--s3-output must be an s3:// URL, got {s3_output!r}")
     try:

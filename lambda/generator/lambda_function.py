@@ -75,6 +75,9 @@ def _catalog(*rows: tuple[str, str, str]) -> tuple[Product, ...]:
     )
 
 
+# The catalog is synthetic; its prices (and so every price and total_amount) are in this currency.
+CURRENCY = "USD"
+
 # One fixed catalog: product_id, product_name, category and price agree on every row.
 CATALOG: tuple[Product, ...] = _catalog(
     ("Wireless Mouse", "Electronics", "24.99"),

@@ -3,7 +3,7 @@
 -- (processed/transactions/year=2026/month=11/day=25/...), never in the files.
 -- Partition projection computes the partitions from the key template, so a new day's data is
 -- queryable as soon as it lands: no crawler, no MSCK REPAIR TABLE, no ALTER TABLE ADD PARTITION.
--- Before running: replace YOUR_BUCKET_NAME (two places) with the pipeline's bucket.
+-- Bucket: s3://{{BUCKET}}/ (two places below); `make console-files BUCKET=...` fills it in (docs/console-guide.md).
 CREATE EXTERNAL TABLE IF NOT EXISTS ecommerce_db.transactions (
   transaction_id string,
   `timestamp` timestamp,
@@ -19,7 +19,7 @@ CREATE EXTERNAL TABLE IF NOT EXISTS ecommerce_db.transactions (
 )
 PARTITIONED BY (year int, month int, day int)
 STORED AS PARQUET
-LOCATION 's3://YOUR_BUCKET_NAME/processed/transactions/'
+LOCATION 's3://{{BUCKET}}/processed/transactions/'
 TBLPROPERTIES (
   'parquet.compression' = 'SNAPPY',
   'projection.enabled' = 'true',
@@ -31,5 +31,5 @@ TBLPROPERTIES (
   'projection.day.type' = 'integer',
   'projection.day.range' = '1,31',
   'projection.day.digits' = '2',
-  'storage.location.template' = 's3://YOUR_BUCKET_NAME/processed/transactions/year=${year}/month=${month}/day=${day}'
+  'storage.location.template' = 's3://{{BUCKET}}/processed/transactions/year=${year}/month=${month}/day=${day}'
 )

@@ -2,7 +2,7 @@
 -- Raw input is untrusted, so every column is a string: a bad value shows up as written instead of
 -- failing the query, and with ignore.malformed.json a line that is not a JSON object still counts as
 -- one row (of NULLs). That is what reconciliation needs: one row per raw line.
--- Before running: replace YOUR_BUCKET_NAME (two places) with the pipeline's bucket.
+-- Bucket: s3://{{BUCKET}}/ (two places below); `make console-files BUCKET=...` fills it in (docs/console-guide.md).
 CREATE EXTERNAL TABLE IF NOT EXISTS ecommerce_db.raw_transactions (
   transaction_id string,
   `timestamp` string,
@@ -19,7 +19,7 @@ ROW FORMAT SERDE 'org.openx.data.jsonserde.JsonSerDe'
 WITH SERDEPROPERTIES ('ignore.malformed.json' = 'true')
 STORED AS INPUTFORMAT 'org.apache.hadoop.mapred.TextInputFormat'
 OUTPUTFORMAT 'org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat'
-LOCATION 's3://YOUR_BUCKET_NAME/raw/'
+LOCATION 's3://{{BUCKET}}/raw/'
 TBLPROPERTIES (
   'projection.enabled' = 'true',
   'projection.year.type' = 'integer',
@@ -30,5 +30,5 @@ TBLPROPERTIES (
   'projection.day.type' = 'integer',
   'projection.day.range' = '1,31',
   'projection.day.digits' = '2',
-  'storage.location.template' = 's3://YOUR_BUCKET_NAME/raw/year=${year}/month=${month}/day=${day}'
+  'storage.location.template' = 's3://{{BUCKET}}/raw/year=${year}/month=${month}/day=${day}'
 )

@@ -1,4 +1,5 @@
--- Question: what does an average order (basket) look like, and what share of customers come back?
+-- Question: what does an average order (basket) look like (value in USD, units), and what share of
+-- customers come back?
 -- A repeat customer has more than one order in the data queried.
 WITH per_customer AS (
   SELECT customer_id, COUNT(*) AS orders

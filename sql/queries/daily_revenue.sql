@@ -1,4 +1,4 @@
--- Question: how many orders and how much revenue does each day (UTC) bring?
+-- Question: how many orders and how much revenue (USD) does each day (UTC) bring?
 SELECT
   year,
   month,

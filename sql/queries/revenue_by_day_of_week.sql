@@ -1,4 +1,4 @@
--- Question: which days of the week bring the most orders and revenue? (day_of_week 0 = Monday)
+-- Question: which days of the week bring the most orders and revenue (USD)? (day_of_week 0 = Monday)
 SELECT
   day_of_week,
   CASE day_of_week

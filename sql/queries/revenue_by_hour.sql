@@ -1,4 +1,4 @@
--- Question: at which hours of the day (UTC) do customers buy: orders and revenue per hour of day?
+-- Question: at which hours of the day (UTC) do customers buy: orders and revenue (USD) per hour of day?
 SELECT
   hour,
   COUNT(*) AS orders,

@@ -1,5 +1,5 @@
 -- Question: how much does each product category sell: number of transactions, total sales and the
--- average order value? (The seed project's query.)
+-- average order value (USD)?
 SELECT
   category,
   COUNT(*) AS transaction_count,

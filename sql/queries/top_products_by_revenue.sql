@@ -1,4 +1,4 @@
--- Question: which ten products bring the most revenue?
+-- Question: which ten products bring the most revenue (USD)?
 SELECT
   product_id,
   product_name,

@@ -1,4 +1,4 @@
--- Question: which ten products sell the most units?
+-- Question: which ten products sell the most units, and their revenue (USD)?
 SELECT
   product_id,
   product_name,

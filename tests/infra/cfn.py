@@ -16,15 +16,16 @@ from typing import Any
 from cfnlint.decode import decode
 
 from tests.conftest import ROOT
+from tools.console_files import placeholder
 
 INFRA = ROOT / "infra"
 TEMPLATE = INFRA / "template.yaml"
 
 # The console path's names: what the stack creates when it is called CONSOLE_STACK_NAME.
 CONSOLE_STACK_NAME = "ecommerce"
-CONSOLE_REGION_PLACEHOLDER = "REGION"
-CONSOLE_ACCOUNT_PLACEHOLDER = "ACCOUNT_ID"
-CONSOLE_BUCKET_PLACEHOLDER = "BUCKET_NAME"
+CONSOLE_REGION_PLACEHOLDER = placeholder("REGION")
+CONSOLE_ACCOUNT_PLACEHOLDER = placeholder("ACCOUNT")
+CONSOLE_BUCKET_PLACEHOLDER = placeholder("BUCKET")
 
 _SUB_VARIABLE = re.compile(r"\$\{([^}]*)\}")
 

@@ -1,25 +1,33 @@
-"""The console path's files say what the stack does: same IAM grants, alarms and dashboard.
+"""The console path's files say what the stack does, and are accepted by the APIs they are pasted into.
 
 Each file under infra/iam/, infra/alarms/ and infra/dashboard.json is compared, as data, with the
-template's resource resolved for a stack called `ecommerce` (the console path's names) with
-the placeholders BUCKET_NAME, REGION and ACCOUNT_ID. The IAM documents are also held to least
-privilege: no wildcard action or resource, writes only under the prefixes the issue allows.
+template's resource resolved for a stack called `ecommerce` (the console path's names) with the
+placeholders {{BUCKET}}, {{REGION}} and {{ACCOUNT}}. The IAM documents are also held to least
+privilege: no wildcard action or resource, writes only under the prefixes the issue allows. Then every
+file `make console-files` fills in (those and sql/ddl/, events/) is given to the API that takes it, on
+moto: IAM, S3, CloudWatch, the handlers themselves, and the DDL to sqlglot's Athena dialect and DuckDB.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_plus
 
 import boto3
 import pytest
 from moto import mock_aws
 
-from tests.conftest import REGION
+from local import catalog
+from local.pipeline import download_bucket
+from tests.conftest import ROOT, load_lambda
 from tests.infra.cfn import (
+    CONSOLE_ACCOUNT_PLACEHOLDER,
     CONSOLE_BUCKET_PLACEHOLDER,
+    CONSOLE_REGION_PLACEHOLDER,
     CONSOLE_STACK_NAME,
     INFRA,
     console_values,
@@ -27,6 +35,7 @@ from tests.infra.cfn import (
     resolve,
     resources_of_type,
 )
+from tools import console_files
 
 TEMPLATE = load_template()
 VALUES = console_values(TEMPLATE)
@@ -186,9 +195,9 @@ def test_crawler_reads_only_processed_and_touches_only_ecommerce_db() -> None:
     assert all(p.startswith("processed") for p in json.loads(list_condition)["StringLike"]["s3:prefix"])
     glue_resources = {r for a, r, _ in grants if a.startswith("glue:")}
     assert glue_resources == {
-        "arn:aws:glue:REGION:ACCOUNT_ID:catalog",
-        "arn:aws:glue:REGION:ACCOUNT_ID:database/ecommerce_db",
-        "arn:aws:glue:REGION:ACCOUNT_ID:table/ecommerce_db/*",
+        "arn:aws:glue:{{REGION}}:{{ACCOUNT}}:catalog",
+        "arn:aws:glue:{{REGION}}:{{ACCOUNT}}:database/ecommerce_db",
+        "arn:aws:glue:{{REGION}}:{{ACCOUNT}}:table/ecommerce_db/*",
     }
     assert not {a for a, _, _ in grants if a.startswith("glue:Delete")}
 
@@ -196,7 +205,8 @@ def test_crawler_reads_only_processed_and_touches_only_ecommerce_db() -> None:
 @pytest.mark.parametrize("role", sorted(ROLE_POLICY_FILES))
 def test_each_function_writes_only_its_own_log_group(role: str) -> None:
     function = role.removesuffix("Role").lower()
-    group = f"arn:aws:logs:REGION:ACCOUNT_ID:log-group:/aws/lambda/{CONSOLE_STACK_NAME}-{function}"
+    region, account = CONSOLE_REGION_PLACEHOLDER, CONSOLE_ACCOUNT_PLACEHOLDER
+    group = f"arn:aws:logs:{region}:{account}:log-group:/aws/lambda/{CONSOLE_STACK_NAME}-{function}"
 
     logs = {r for a, r, _ in _grants(_json(ROLE_POLICY_FILES[role])) if a.startswith("logs:")}
 
@@ -235,9 +245,7 @@ def test_every_alarm_of_the_stack_has_a_console_file() -> None:
 
 def test_console_dashboard_is_the_stacks_dashboard() -> None:
     (dashboard,) = resources_of_type(TEMPLATE, "AWS::CloudWatch::Dashboard").values()
-    # The console file is for us-east-1, the region of the default layer; README says what to change.
-    values = {**VALUES, "AWS::Region": "us-east-1"}
-    stack_body = json.loads(resolve(dashboard["Properties"]["DashboardBody"], values))
+    stack_body = json.loads(resolve(dashboard["Properties"]["DashboardBody"], VALUES))
 
     assert _json(INFRA / "dashboard.json") == stack_body
 
@@ -250,7 +258,7 @@ def test_dashboard_metric_widgets_name_a_region_and_only_metrics_the_pipeline_ha
     metric_widgets = [w for w in body["widgets"] if w["type"] == "metric"]
     assert metric_widgets
     for widget in metric_widgets:
-        assert widget["properties"]["region"] == "us-east-1"
+        assert widget["properties"]["region"] == CONSOLE_REGION_PLACEHOLDER
         for metric in widget["properties"]["metrics"]:
             names = [m for m in metric if isinstance(m, str)]
             if not names:  # a metric math expression
@@ -272,15 +280,59 @@ def test_console_bucket_policy_is_the_stacks_tls_only_policy() -> None:
     assert _json(INFRA / "iam" / "bucket-policy.json") == stack
 
 
-def fill(path: Path, bucket: str, account: str, region: str) -> str:
-    """A console file with its placeholders replaced, as README's `fill` shell function does it."""
-    text = path.read_text(encoding="utf-8")
-    return text.replace("BUCKET_NAME", bucket).replace("ACCOUNT_ID", account).replace("REGION", region)
+# --- Filled in by make console-files, then given to the API each file is pasted into --------------------
+
+# Not the tests' defaults, so that a value written into a file instead of a placeholder shows.
+FILLED = {"BUCKET": "acme-shop-pipeline", "REGION": "eu-west-1", "ACCOUNT": "123456789012"}
 
 
-def test_console_files_are_accepted_by_the_aws_apis_readme_pastes_them_into(aws_credentials: None) -> None:
-    bucket, account, region = "my-pipeline-bucket", "123456789012", REGION
-    iam_dir = INFRA / "iam"
+@pytest.fixture
+def filled(tmp_path: Path) -> Path:
+    out = tmp_path / "console"
+    console_files.render_all(FILLED, out)
+    return out
+
+
+def test_every_file_a_console_user_pastes_is_filled_in_with_no_placeholder_left(filled: Path) -> None:
+    sources = console_files.source_files()
+    written = sorted(p.relative_to(filled) for p in filled.rglob("*") if p.is_file())
+
+    assert written == sorted(p.relative_to(ROOT) for p in sources)
+    for source in sources:
+        before = source.read_text(encoding="utf-8")
+        after = (filled / source.relative_to(ROOT)).read_text(encoding="utf-8")
+        assert "{{" not in after, source
+        for name, value in FILLED.items():
+            # Every placeholder became its value (the value may also have been there before).
+            assert after.count(value) == before.count(value) + before.count("{{" + name + "}}"), (
+                source,
+                name,
+            )
+
+
+@pytest.mark.parametrize("source", console_files.source_files(), ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_a_console_file_names_deployment_values_only_as_placeholders(source: Path) -> None:
+    text = re.sub(r"\{\{[A-Z]+\}\}", "", source.read_text(encoding="utf-8"))
+
+    assert not re.search(r"\b\d{12}\b", text), "an account ID written out: use {{ACCOUNT}}"
+    assert not re.search(r"\b(us|eu|ap|sa|ca|me|af|il|mx)-[a-z]+-\d\b", text), (
+        "a region written out: use {{REGION}}"
+    )
+    for spelling in (
+        "BUCKET_NAME",
+        "YOUR_BUCKET",
+        "your-ecommerce-bucket",
+        "my-ecommerce-bucket",
+        "ACCOUNT_ID",
+    ):
+        assert spelling not in text, f"{spelling}: the bucket is {{{{BUCKET}}}}, the account {{{{ACCOUNT}}}}"
+
+
+def test_the_filled_iam_documents_are_accepted_by_iam_and_the_bucket_policy_by_s3(
+    filled: Path, aws_credentials: None
+) -> None:
+    iam_dir = filled / "infra" / "iam"
+    region: Any = FILLED["REGION"]
     with mock_aws():
         iam = boto3.client("iam", region_name=region)
         for role, trust, policy in [
@@ -289,35 +341,111 @@ def test_console_files_are_accepted_by_the_aws_apis_readme_pastes_them_into(aws_
             ("ecommerce-compactor-role", "lambda-trust-policy.json", "compactor-policy.json"),
             ("ecommerce-crawler-role", "glue-trust-policy.json", "crawler-policy.json"),
         ]:
+            document = (iam_dir / policy).read_text(encoding="utf-8")
             iam.create_role(
                 RoleName=role, AssumeRolePolicyDocument=(iam_dir / trust).read_text(encoding="utf-8")
             )
-            document = fill(iam_dir / policy, bucket, account, region)
             iam.put_role_policy(
                 RoleName=role, PolicyName=policy.removesuffix("-policy.json"), PolicyDocument=document
             )
-            assert "BUCKET_NAME" not in document
-            assert "ACCOUNT_ID" not in document
-            assert "REGION" not in document
+            arn = iam.create_policy(PolicyName=f"{role}-managed", PolicyDocument=document)["Policy"]["Arn"]
+            assert iam.get_role_policy(RoleName=role, PolicyName=policy.removesuffix("-policy.json"))[
+                "PolicyDocument"
+            ] == json.loads(document)
+            assert arn.endswith(f":policy/{role}-managed")
         s3 = boto3.client("s3", region_name=region)
-        s3.create_bucket(Bucket=bucket)
+        s3.create_bucket(Bucket=FILLED["BUCKET"], CreateBucketConfiguration={"LocationConstraint": region})
         s3.put_bucket_policy(
-            Bucket=bucket, Policy=fill(iam_dir / "bucket-policy.json", bucket, account, region)
+            Bucket=FILLED["BUCKET"], Policy=(iam_dir / "bucket-policy.json").read_text(encoding="utf-8")
         )
+        stored = json.loads(s3.get_bucket_policy(Bucket=FILLED["BUCKET"])["Policy"])
+        assert {r for st in stored["Statement"] for r in st["Resource"]} == {
+            f"arn:aws:s3:::{FILLED['BUCKET']}",
+            f"arn:aws:s3:::{FILLED['BUCKET']}/*",
+        }
 
+
+def test_the_filled_alarms_and_dashboard_are_accepted_by_cloudwatch(
+    filled: Path, aws_credentials: None
+) -> None:
+    region = FILLED["REGION"]
+    with mock_aws():
         topic = boto3.client("sns", region_name=region).create_topic(Name=f"{CONSOLE_STACK_NAME}-alerts")[
             "TopicArn"
         ]
         cloudwatch = boto3.client("cloudwatch", region_name=region)
-        for path in ALARM_FILES.values():
-            cloudwatch.put_metric_alarm(**json.loads(fill(path, bucket, account, region)))
-        dashboard_body = (INFRA / "dashboard.json").read_text(encoding="utf-8").replace("us-east-1", region)
-        cloudwatch.put_dashboard(DashboardName=CONSOLE_STACK_NAME, DashboardBody=dashboard_body)
+        for path in sorted((filled / "infra" / "alarms").glob("*.json")):
+            cloudwatch.put_metric_alarm(**json.loads(path.read_text(encoding="utf-8")))
+        body = (filled / "infra" / "dashboard.json").read_text(encoding="utf-8")
+        cloudwatch.put_dashboard(DashboardName=CONSOLE_STACK_NAME, DashboardBody=body)
 
         alarms = cloudwatch.describe_alarms()["MetricAlarms"]
         assert len(alarms) == len(ALARM_FILES)
         for alarm in alarms:
             assert alarm["AlarmActions"] == [topic]
-        assert json.loads(cloudwatch.get_dashboard(DashboardName=CONSOLE_STACK_NAME)["DashboardBody"])[
+            assert alarm["OKActions"] == [topic]
+        widgets = json.loads(cloudwatch.get_dashboard(DashboardName=CONSOLE_STACK_NAME)["DashboardBody"])[
             "widgets"
         ]
+        assert {w["properties"]["region"] for w in widgets if w["type"] == "metric"} == {region}
+
+
+def _handlers_on(monkeypatch: pytest.MonkeyPatch, bucket: str) -> dict[str, Any]:
+    handlers = {name: load_lambda(name) for name in ("generator", "transformer", "compactor")}
+    monkeypatch.setenv("BUCKET_NAME", bucket)
+    for handler in handlers.values():
+        handler.s3_client.cache_clear()
+    return handlers
+
+
+def test_the_filled_events_drive_the_handlers_and_the_filled_ddl_reads_what_they_wrote(
+    filled: Path, tmp_path: Path, aws_credentials: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bucket = FILLED["BUCKET"]
+    events = filled / "events"
+
+    def event(name: str) -> dict[str, Any]:
+        loaded: dict[str, Any] = json.loads((events / name).read_text(encoding="utf-8"))
+        return loaded
+
+    with mock_aws():
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket=bucket)
+        handlers = _handlers_on(monkeypatch, bucket)
+        try:
+            # The generator's Test event: the run time is the event's.
+            generated = handlers["generator"].lambda_handler(event("scheduled_event.json"), None)
+            assert generated["bucket"] == bucket
+            assert generated["key"].startswith("raw/year=2026/month=11/day=25/transactions-20261125T140500Z-")
+            # The transformer's Test event names the bucket and a key: give that key the generator's file.
+            put = event("s3_put_event.json")
+            key = unquote_plus(put["Records"][0]["s3"]["object"]["key"])
+            assert put["Records"][0]["s3"]["bucket"]["name"] == bucket
+            s3.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": generated["key"]})
+            monkeypatch.delenv("BUCKET_NAME")  # the output goes to the event's bucket
+            handlers["transformer"].s3_client.cache_clear()
+            result = handlers["transformer"].lambda_handler(put, None)
+            assert [item["rows_written"] for item in result["processed"]] == [1]
+            skipped = handlers["transformer"].lambda_handler(event("s3_test_event.json"), None)
+            assert not skipped.get("processed")
+            monkeypatch.setenv("BUCKET_NAME", bucket)
+            handlers["compactor"].s3_client.cache_clear()
+            compacted = handlers["compactor"].lambda_handler(event("compactor_scheduled_event.json"), None)
+            assert {d["date"]: d["action"] for d in compacted["days"]}["2026-11-25"] == "compacted"
+            copy = tmp_path / "bucket"
+            download_bucket(s3, bucket, copy)
+        finally:
+            for handler in handlers.values():
+                handler.s3_client.cache_clear()
+
+    ddl_dir = filled / "sql" / "ddl"
+    for path in catalog.ddl_files(ddl_dir):
+        catalog.parse_athena(path.read_text(encoding="utf-8"), path.name)  # one statement of Athena SQL
+    for table in catalog.table_defs(ddl_dir):
+        assert table.location.startswith(f"s3://{bucket}/"), table
+    con = catalog.connect(copy, bucket, ddl_dir)
+    counts = con.sql(
+        "SELECT (SELECT count(*) FROM ecommerce_db.raw_transactions), "
+        "(SELECT count(*) FROM ecommerce_db.transactions)"
+    ).fetchall()
+    assert counts == [(2, 1)]  # the generator's file and its copy under the event's key; one row processed

@@ -18,9 +18,9 @@ from sqlglot import exp
 
 from tests.conftest import ROOT, load_lambda
 from tests.infra.cfn import console_values, load_template, resolve, resources_of_type
+from tools.console_files import render
 
 DDL_DIR = ROOT / "sql" / "ddl"
-DDL_BUCKET_PLACEHOLDER = "YOUR_BUCKET_NAME"
 BUCKET = "my-pipeline-bucket"
 
 # What Athena records in the catalog for STORED AS PARQUET (the Hive classes it names).
@@ -84,7 +84,7 @@ def _properties(node: exp.Expression | None) -> dict[str, str]:
 
 def table_from_ddl(path: Path, bucket: str) -> Table:
     """Read one CREATE EXTERNAL TABLE file the way Athena would record it in the Glue catalog."""
-    sql = path.read_text(encoding="utf-8").replace(DDL_BUCKET_PLACEHOLDER, bucket)
+    sql = render(path.read_text(encoding="utf-8"), {"BUCKET": bucket}, path.name)
     statement = sqlglot.parse_one(sql, dialect="athena")
     assert isinstance(statement, exp.Create), f"{path.name}: not a CREATE statement"
     assert statement.kind == "TABLE", f"{path.name}: not CREATE TABLE"

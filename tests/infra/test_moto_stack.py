@@ -41,6 +41,7 @@ from moto.core import disable_iam_authentication, enable_iam_authentication
 
 from tests.conftest import REGION, ROOT, load_event, load_lambda
 from tests.infra.cfn import INFRA, load_template, parameter_defaults, resolve
+from tools.console_files import render
 
 STACK = "ecommerce"
 BUCKET = "my-pipeline-bucket"
@@ -311,8 +312,10 @@ def test_log_groups_queue_topic_and_dashboard_exist_with_their_settings(stack: S
     assert queue_attributes["Attributes"]["MessageRetentionPeriod"] == "1209600"
     assert stack.outputs["AlertTopicArn"] in {t["TopicArn"] for t in sns.list_topics()["Topics"]}
     # moto resolved the dashboard's Fn::Sub itself: for this stack name and region it is the console file.
-    with (INFRA / "dashboard.json").open(encoding="utf-8") as f:
-        assert json.loads(dashboard["DashboardBody"]) == json.load(f)
+    console = render(
+        (INFRA / "dashboard.json").read_text(encoding="utf-8"), {"REGION": REGION}, "dashboard.json"
+    )
+    assert json.loads(dashboard["DashboardBody"]) == json.loads(console)
 
 
 def _stack_policy(stack: Stack, logical_id: str) -> dict[str, Any]:
