@@ -19,6 +19,7 @@ from tests.compactor_support import (
     assert_exactly,
     compactor,
     config,
+    ids,
     keys,
     make_rows,
     manifest_of,
@@ -27,6 +28,7 @@ from tests.compactor_support import (
     raw_key,
     read_table,
     sidecar,
+    what_a_query_sees,
 )
 from tests.conftest import BUCKET
 
@@ -271,6 +273,53 @@ def test_a_failure_before_the_commit_deletes_the_parts_this_run_put(s3, ten_sour
 
     assert failing.calls["delete_object"] == 2
     assert keys(s3) == sorted(processed_key(raw_key(i)) for i in range(10))
+    assert_exactly(s3, *ten_sources)
+
+
+class ReplyLost:
+    """The real client, except that the put of `key` happens and then raises, as a connection dropped
+    after S3 stored the object (and `head_object` fails when `blind`: the run cannot look)."""
+
+    def __init__(self, client: Any, key: str, blind: bool = False) -> None:
+        self._client, self._key, self._blind = client, key, blind
+        self.deletes: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._client, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if name == "head_object" and self._blind:
+                raise RuntimeError("S3 unreachable")
+            if name == "delete_object":
+                self.deletes.append(kwargs["Key"])
+            response = method(*args, **kwargs)
+            if name == "put_object" and kwargs["Key"] == self._key:
+                raise RuntimeError("connection reset after the put")
+            return response
+
+        return call
+
+
+def test_a_commit_that_landed_though_its_put_raised_stands_and_the_run_completes(s3, ten_sources):
+    lost = ReplyLost(s3, COMPACTED)
+
+    result = compactor.compact_day(lost, config(part_rows=PART_ROWS), DAY)
+
+    assert result["action"] == "compacted"
+    assert not [k for k in lost.deletes if "compacted" in k]
+    assert keys(s3) == sorted([COMPACTED, *(part(n) for n in range(1, 5))])
+    assert_exactly(s3, *ten_sources)
+
+
+def test_a_run_that_cannot_tell_whether_its_commit_landed_leaves_its_parts_for_the_next_run(s3, ten_sources):
+    lost = ReplyLost(s3, COMPACTED, blind=True)
+
+    with pytest.raises(RuntimeError, match="S3 unreachable"):
+        compactor.compact_day(lost, config(part_rows=PART_ROWS), DAY)
+
+    assert lost.deletes == []
+    assert set(ids(what_a_query_sees(s3)).values()) == {2}  # in the landed parts, and in the sources
+    compactor.compact_day(s3, config(part_rows=PART_ROWS), DAY)
     assert_exactly(s3, *ten_sources)
 
 

@@ -1014,6 +1014,72 @@ def _write_file(path: Path, batches: Iterable[pa.RecordBatch], manifest: bytes, 
     return groups.written
 
 
+def _head_etag_if_batch(s3: S3Client, bucket: str, key: str, batch: str) -> str | None:
+    """The head's ETag if its manifest is `batch`'s (that commit landed), else None; raises if unknown."""
+    try:
+        found = s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as e:
+        if _missing(e):
+            return None
+        raise
+    obj = S3Object(key, str(found["ETag"]).strip('"'), int(found["ContentLength"]))
+    document = _manifest_document(read_footer(s3, bucket, obj).metadata, f"s3://{bucket}/{key}")
+    return obj.etag if document.get("batch") == batch else None
+
+
+def _head_unknown(s3: S3Client, bucket: str, key: str, batch: str) -> bool:
+    """Whether this run cannot tell that its commit did not land: then its parts are left in place."""
+    try:
+        return _head_etag_if_batch(s3, bucket, key, batch) is not None
+    except Exception:
+        _logger.exception("cannot read the head back; this run's parts are left for the next run")
+        return True
+
+
+def _commit(s3: S3Client, bucket: str, key: str, path: Path, *, old: S3Object | None, batch: str) -> str:
+    """The head's conditional put; its ETag. A put that failed on the way back (a timeout, then a retry
+    refused with 412) may have landed: only the head itself tells, and a landed commit must stand."""
+    try:
+        return _put_compacted(s3, bucket, key, path, old)
+    except BaseException:
+        landed = _head_etag_if_batch(s3, bucket, key, batch)
+        if landed is None:
+            raise
+        return landed
+
+
+def _write_outputs(
+    s3: S3Client,
+    config: Config,
+    day: date,
+    *,
+    batch: str,
+    layout: Sequence[tuple[str, int, list[Entry]]],
+    stream: RowStream,
+    replaced: Iterable[tuple[str, str]],
+    written: list[PartRef],
+    out: Path,
+) -> None:
+    """Each part written and put in turn (appended to `written`), then the head file left at `out`."""
+    day_entries = [e for _, _, file_entries in layout for e in file_entries]
+    if len(layout) == 1:
+        ((key, size, _),) = layout
+        manifest = head_manifest(day, batch, day_entries, [], replaced)
+        rows = _write_file(out, stream.take(size), manifest, config)
+        stream.finish()
+        if rows != size:
+            raise ManifestError(f"{key}: wrote {rows} rows, the plan says {size}")
+        return
+    for key, size, file_entries in layout:
+        rows = _write_file(out, stream.take(size), part_manifest(day, batch, key, file_entries), config)
+        if rows != size:
+            raise ManifestError(f"{key}: wrote {rows} rows, the plan says {size}")
+        written.append(PartRef(key, _put_new(s3, config.bucket, key, out), size))
+        out.unlink()
+    stream.finish()
+    _write_file(out, [], head_manifest(day, batch, day_entries, written, replaced), config)
+
+
 def write_day(
     s3: S3Client,
     config: Config,
@@ -1026,8 +1092,8 @@ def write_day(
 ) -> Head:
     """Write the planned day and commit it with the head's conditional put; the committed head.
 
-    On any failure before the commit succeeds, the parts this run put are deleted again (best effort: a
-    crash leaves them to the next run, which deletes them after its own commit)."""
+    On a failure before the commit, the parts this run put are deleted again (best effort: a crash
+    leaves them to the next run, which deletes them after its own commit)."""
     bucket = config.bucket
     head_key = compacted_key(day)
     batch = uuid.uuid4().hex
@@ -1038,35 +1104,27 @@ def write_day(
     else:
         free = (n for n in range(1, len(sizes) + len(listing.parts) + 1) if n not in listing.parts)
         files = [part_key(day, next(free)) for _ in sizes]
-    layout = lay_out(entries, sizes, files)
-    day_entries = [e for file_entries in layout for e in file_entries]
+    layout = list(zip(files, sizes, lay_out(entries, sizes, files), strict=True))
     stream = RowStream(_day_batches(s3, bucket, directory, head, plan))
-    written: list[PartRef] = []
     # After this commit every part listed now is obsolete: the old head's, and any no head lists.
-    replaced = {(p.key, p.etag) for p in listing.parts.values()}
+    replaced = frozenset((p.key, p.etag) for p in listing.parts.values())
+    written: list[PartRef] = []
     out = directory / "out.parquet"
     try:
-        if len(files) > 1:
-            for key, size, file_entries in zip(files, sizes, layout, strict=True):
-                rows = _write_file(
-                    out, stream.take(size), part_manifest(day, batch, key, file_entries), config
-                )
-                if rows != size:
-                    raise ManifestError(f"{key}: wrote {rows} rows, the plan says {size}")
-                written.append(PartRef(key, _put_new(s3, bucket, key, out), size))
-                out.unlink()
-            stream.finish()
-            manifest = head_manifest(day, batch, day_entries, written, replaced)
-            _write_file(out, [], manifest, config)
-        else:
-            manifest = head_manifest(day, batch, day_entries, [], replaced)
-            rows = _write_file(out, stream.take(sizes[0]), manifest, config)
-            stream.finish()
-            if rows != sizes[0]:
-                raise ManifestError(f"{head_key}: wrote {rows} rows, the plan says {sizes[0]}")
-        etag = _put_compacted(s3, bucket, head_key, out, listing.head)
+        _write_outputs(
+            s3,
+            config,
+            day,
+            batch=batch,
+            layout=layout,
+            stream=stream,
+            replaced=replaced,
+            written=written,
+            out=out,
+        )
+        etag = _commit(s3, bucket, head_key, out, old=listing.head, batch=batch)
     except BaseException:
-        if written:
+        if written and not _head_unknown(s3, bucket, head_key, batch):
             _logger.warning("run failed before its commit: deleting its own parts", extra={"date": str(day)})
             try:
                 _delete_if_unchanged(s3, bucket, [S3Object(p.key, p.etag, 0) for p in written])
@@ -1075,9 +1133,11 @@ def write_day(
         raise
     finally:
         out.unlink(missing_ok=True)
-    obj = S3Object(head_key, etag, 0)
+    day_entries = [e for _, _, file_entries in layout for e in file_entries]
     own_rows = 0 if written else sizes[0]
-    return Head(obj, batch, sum(sizes), own_rows, tuple(written), tuple(day_entries), frozenset(replaced))
+    return Head(
+        S3Object(head_key, etag, 0), batch, sum(sizes), own_rows, tuple(written), tuple(day_entries), replaced
+    )
 
 
 def compact_day(
