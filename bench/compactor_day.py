@@ -18,10 +18,12 @@ with `taskset -c 0` when available (Lambda gives a function of 1,769 MB one vCPU
 - peak /tmp: the child's temporary directory (its own TMPDIR), its size polled every 20 ms from here;
 - CPU seconds of the child (user + system) and wall seconds;
 - S3 bytes read and written by the handler's client (botocore event hooks in the child).
+- S3 requests by operation, counted the same way.
 Estimated Lambda duration at the configured memory M MB: CPU seconds x max(1, 1769 / M) (the vCPU share
-Lambda gives M MB) plus the bytes moved at --s3-mib-per-s (50 MiB/s by default, an assumption: a single
-stream between Lambda and S3 in one region usually does better), as if none of it overlapped. The limits
-are read from infra/template.yaml (the compactor's MemorySize, EphemeralStorage and Timeout).
+Lambda gives M MB), plus the bytes moved at --s3-mib-per-s (50 MiB/s by default) and --s3-request-ms per
+request (20 ms by default), as if none of it overlapped. Both are assumptions, not measurements: a
+single stream between Lambda and S3 in one region usually does better. The limits are read from
+infra/template.yaml (the compactor's MemorySize, EphemeralStorage and Timeout).
 
 Results print as a table and go to bench/out/compactor_day.json for `make bench` to fold in.
 """
@@ -224,6 +226,12 @@ def child(day: str) -> None:
         elif isinstance(body, bytes | bytearray):
             moved["written"] += len(body)
 
+    requests: dict[str, int] = {}
+
+    def on_call(model: Any, **_: Any) -> None:
+        requests[model.name] = requests.get(model.name, 0) + 1
+
+    client.meta.events.register("after-call.s3", on_call)
     client.meta.events.register("after-call.s3.GetObject", on_get)
     client.meta.events.register("provide-client-params.s3.PutObject", on_put)
     imported = time.perf_counter()
@@ -248,6 +256,7 @@ def child(day: str) -> None:
         "import_wall_s": imported - started,
         "s3_read_bytes": moved["read"],
         "s3_written_bytes": moved["written"],
+        "s3_requests": requests,
         "result": day_result,
     }
     sys.stdout.write(RESULT_MARK + json.dumps(figures, default=str) + "\n")
@@ -316,18 +325,25 @@ def run_child(endpoint: str, part_rows: int, row_group_rows: int, tmp: Path) -> 
     return figures
 
 
-def estimate(figures: dict[str, Any], limits: dict[str, Any], s3_mib_per_s: float) -> dict[str, float]:
+def estimate(
+    figures: dict[str, Any], limits: dict[str, Any], s3_mib_per_s: float, request_ms: float
+) -> dict[str, float]:
     share = max(1.0, LAMBDA_FULL_VCPU_MB / limits["memory_mb"])
     transfer_s = (figures["s3_read_bytes"] + figures["s3_written_bytes"]) / MIB / s3_mib_per_s
+    latency_s = sum(figures["s3_requests"].values()) * request_ms / 1000
+    cpu_s = figures["total_cpu_s"] * share
     return {
         "vcpu_share": 1 / share,
-        "cpu_on_lambda_s": figures["total_cpu_s"] * share,
+        "cpu_on_lambda_s": cpu_s,
         "transfer_s": transfer_s,
-        "lambda_s": figures["total_cpu_s"] * share + transfer_s,
+        "requests_s": latency_s,
+        "lambda_s": cpu_s + transfer_s + latency_s,
     }
 
 
-def measure(rate: int, files: int, seed: int, s3_mib_per_s: float, part_rows: int | None) -> dict[str, Any]:
+def measure(
+    rate: int, files: int, seed: int, *, s3_mib_per_s: float, request_ms: float, part_rows: int | None
+) -> dict[str, Any]:
     """The first compaction of the day, then the rewrite a late file causes (every part read and written
     again: the heaviest run a day can need)."""
     limits = configured_limits()
@@ -348,11 +364,9 @@ def measure(rate: int, files: int, seed: int, s3_mib_per_s: float, part_rows: in
         runs["rewrite"] = run_child(endpoint, limits["part_rows"], limits["row_group_rows"], Path(tmp))
         listing = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"processed/transactions/year={DAY:%Y}/")
         written = {o["Key"].rsplit("/", 1)[1]: o["Size"] for o in listing.get("Contents", [])}
-    for figures in runs.values():
-        figures["estimate"] = estimate(figures, limits, s3_mib_per_s)
     rows = runs["rewrite"]["result"]["rows"]
     compacted_bytes = sum(written.values())
-    return {
+    report = {
         "command": "python -m bench.compactor_day " + " ".join(sys.argv[1:]),
         "machine": machine(),
         "rate": rate,
@@ -365,13 +379,23 @@ def measure(rate: int, files: int, seed: int, s3_mib_per_s: float, part_rows: in
         "compacted_files": written,
         "limits": limits,
         "s3_mib_per_s": s3_mib_per_s,
+        "s3_request_ms": request_ms,
         "runs": runs,
         "peak": {
             "rss_mib": max(r["peak_rss_mib"] for r in runs.values()),
             "tmp_mib": max(r["peak_tmp_mib"] for r in runs.values()),
-            "lambda_s": max(r["estimate"]["lambda_s"] for r in runs.values()),
         },
     }
+    return relimit(report, limits)
+
+
+def relimit(report: dict[str, Any], limits: dict[str, Any]) -> dict[str, Any]:
+    """A saved report's estimates against other limits (the measured figures do not depend on them)."""
+    runs = report["runs"]
+    for figures in runs.values():
+        figures["estimate"] = estimate(figures, limits, report["s3_mib_per_s"], report["s3_request_ms"])
+    report["peak"]["lambda_s"] = max(r["estimate"]["lambda_s"] for r in runs.values())
+    return report | {"limits": limits}
 
 
 def render(report: dict[str, Any]) -> str:
@@ -383,14 +407,16 @@ def render(report: dict[str, Any]) -> str:
         f"{len(report['compacted_files'])} files, {report['compacted_mib']:,.0f} MiB "
         f"({report['compacted_bytes_per_row']:.1f} B/row).",
         f"Lambda duration = CPU s x {LAMBDA_FULL_VCPU_MB}/{lim['memory_mb']} MB (vCPU share) + S3 bytes at "
-        f"{report['s3_mib_per_s']:g} MiB/s (assumed).",
+        f"{report['s3_mib_per_s']:g} MiB/s + {report['s3_request_ms']:g} ms per S3 request (both assumed).",
         "",
-        "| run | CPU s (1 core) | wall s | S3 read / written MiB | peak RSS MiB | peak /tmp MiB | Lambda s |",
-        "|---|---|---|---|---|---|---|",
+        "| run | CPU s (1 core) | wall s | S3 requests | S3 read / written MiB | peak RSS MiB "
+        "| peak /tmp MiB | Lambda s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in report["runs"].items():
         lines.append(
-            f"| {name} | {r['total_cpu_s']:.1f} | {r['wall_s']:.1f} | {r['s3_read_bytes'] / MIB:,.0f} / "
+            f"| {name} | {r['total_cpu_s']:.1f} | {r['wall_s']:.1f} | {sum(r['s3_requests'].values()):,} | "
+            f"{r['s3_read_bytes'] / MIB:,.0f} / "
             f"{r['s3_written_bytes'] / MIB:,.0f} | {r['peak_rss_mib']:,.0f} | {r['peak_tmp_mib']:,.0f} | "
             f"{r['estimate']['lambda_s']:.0f} |"
         )
@@ -416,18 +442,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=RUNS_PER_DAY, help="files in the day (288 runs)")
     parser.add_argument("--seed", type=int, default=20261125)
     parser.add_argument("--s3-mib-per-s", type=float, default=50.0, help="assumed Lambda<->S3 throughput")
+    parser.add_argument("--s3-request-ms", type=float, default=20.0, help="assumed time of one S3 request")
     parser.add_argument("--part-rows", type=int, default=None, help="override the stack's COMPACT_PART_ROWS")
     parser.add_argument("--out", type=Path, default=OUT / "compactor_day.json")
+    parser.add_argument(
+        "--report", type=Path, default=None, help="no run: this saved JSON against the template's limits now"
+    )
     parser.add_argument("--child", metavar="DAY", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child(args.child)
         return 0
-    report = measure(args.rate, args.files, args.seed, args.s3_mib_per_s, args.part_rows)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    if args.report is not None:
+        report = json.loads(args.report.read_text(encoding="utf-8"))
+        report = relimit(report, configured_limits() | {"part_rows": report["limits"]["part_rows"]})
+    else:
+        report = measure(
+            args.rate,
+            args.files,
+            args.seed,
+            s3_mib_per_s=args.s3_mib_per_s,
+            request_ms=args.s3_request_ms,
+            part_rows=args.part_rows,
+        )
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     print(render(report))
-    print(f"\nJSON: {args.out}")
+    if args.report is None:
+        print(f"\nJSON: {args.out}")
     peak, lim = report["peak"], report["limits"]
     within = peak["rss_mib"] < lim["memory_mb"] and peak["tmp_mib"] < lim["tmp_mb"]
     within = within and peak["lambda_s"] < lim["timeout_s"]

@@ -58,7 +58,9 @@ def test_a_tiny_run_compacts_the_day_in_a_child_and_reports_each_figure_next_to_
 ):
     monkeypatch.setattr(compactor_day, "OUT", tmp_path)
 
-    report = compactor_day.measure(rate=50, files=6, seed=2, s3_mib_per_s=50.0, part_rows=1_000)
+    report = compactor_day.measure(
+        rate=50, files=6, seed=2, s3_mib_per_s=50.0, request_ms=20.0, part_rows=1_000
+    )
 
     first, rewrite = report["runs"]["first"], report["runs"]["rewrite"]
     assert (first["result"]["action"], first["result"]["rows"], first["result"]["parts"]) == (
@@ -72,6 +74,7 @@ def test_a_tiny_run_compacts_the_day_in_a_child_and_reports_each_figure_next_to_
         assert run["peak_rss_mib"] > 0
         assert run["s3_written_bytes"] > 0
         assert run["estimate"]["lambda_s"] >= run["estimate"]["cpu_on_lambda_s"] > 0
+        assert run["s3_requests"]["ListObjectsV2"] >= 2  # the markers and the partition
     assert report["peak"]["rss_mib"] == max(first["peak_rss_mib"], rewrite["peak_rss_mib"])
     assert {"memory_mb", "tmp_mb", "timeout_s", "part_rows"} <= set(report["limits"])
     table = compactor_day.render(report)

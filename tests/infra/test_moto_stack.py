@@ -159,13 +159,14 @@ class Expected:
             "CompactorFunction",
             Expected(
                 "compactor",
-                1024,
-                300,
+                1769,
+                900,
                 {
                     "BUCKET_NAME": BUCKET,
                     "COMPACT_AFTER_HOURS": "2",
                     "COMPACT_LOOKBACK_DAYS": "7",
                     "COMPACT_ROW_GROUP_ROWS": "1000000",
+                    "COMPACT_PART_ROWS": "5000000",
                 },
                 1,
             ),
@@ -221,7 +222,7 @@ def test_function_properties_moto_ignores_are_set_in_the_template(stack: Stack) 
         "the generator needs the standard library and boto3 only"
     )
     assert functions["TransformerFunction"]["Layers"] == [{"Ref": "PandasLayerArn"}]
-    # The compactor uses the layer's pyarrow, and stages a day's files in /tmp
+    # The compactor uses the layer's pyarrow, and holds one input and one output file of a day in /tmp
     assert functions["CompactorFunction"]["Layers"] == [{"Ref": "PandasLayerArn"}]
     assert functions["CompactorFunction"]["EphemeralStorage"] == {"Size": 1024}
 
