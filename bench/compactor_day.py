@@ -137,10 +137,9 @@ class DayBuilder:
 
 
 def output_key(raw_key: str, day: date) -> str:
-    """The processed key the transformer gives a raw key's rows of `day` (the shared design's name)."""
-    stem = raw_key.rsplit("/", 1)[-1].removesuffix(".json").lstrip("_.")
-    digest = hashlib.sha256(raw_key.encode("utf-8")).hexdigest()[:12]
-    return f"processed/transactions/year={day:%Y}/month={day:%m}/day={day:%d}/{stem}-{digest}.parquet"
+    """The processed key the transformer gives a raw key's rows of `day` (its own naming function)."""
+    name = lambdas.load_lambda("transformer").output_name(raw_key)
+    return f"processed/transactions/year={day:%Y}/month={day:%m}/day={day:%d}/{name}.parquet"
 
 
 def _write_source(table: pa.Table, raw_key: str, path: Path) -> None:

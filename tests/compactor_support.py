@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import random
@@ -61,9 +60,9 @@ def stem_key(stem: str, day: date = DAY) -> str:
 
 
 def output_name(raw_key: str) -> str:
-    """`<stem>-<12 hex>` as the shared design names a raw key's outputs."""
-    stem = raw_key.rsplit("/", 1)[-1].removesuffix(".json").lstrip("_.")
-    return f"{stem}-{hashlib.sha256(raw_key.encode('utf-8')).hexdigest()[:12]}"
+    """`<stem>-<12 hex>`: the transformer's name for a raw key's outputs (one definition, its own)."""
+    name: str = load_lambda("transformer").output_name(raw_key)
+    return name
 
 
 def processed_key(raw_key: str, day: date = DAY) -> str:
