@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import timedelta
+import random
+from collections import Counter
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from bench._child import s3_event
 from tests.compactor_support import (
     COMPACTED,
     DAY,
@@ -34,8 +37,9 @@ from tests.compactor_support import (
     run,
     sidecar,
     stem_key,
+    what_a_query_sees,
 )
-from tests.conftest import BUCKET
+from tests.conftest import BUCKET, load_lambda
 
 MARKER = compactor.marker_key(DAY)
 NEXT_DAY = DAY + timedelta(days=1)
@@ -331,3 +335,45 @@ def test_an_unreadable_state_is_a_named_error_and_nothing_is_dropped(s3, compact
 
     assert_exactly(s3, *compacted_day)
     assert MARKER in keys(s3, "state/")
+
+
+@pytest.mark.integration
+def test_real_transformer_replacement_across_midnight_leaves_each_raw_record_once_on_its_day(
+    s3, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    """GIVEN a day written by the real generator and transformer and compacted, WHEN a person re-uploads one
+    raw file whose rows now all fall on the next day and the transformer processes it, THEN the next
+    compactor run drops its old rows from the compacted day, and every raw record is in the table once,
+    on the day of its timestamp."""
+    generator, transformer = load_lambda("generator"), load_lambda("transformer")
+    monkeypatch.setattr(transformer, "s3_client", lambda: s3)
+    run_config = generator.Config(bucket=BUCKET, transactions_per_run=3, seed=7)
+    raw_keys = []
+    for minute in range(5, 24 * 60, 180):
+        tick = datetime(2026, 11, 25, tzinfo=UTC) + timedelta(minutes=minute)
+        key, body, _ = generator.generate_run(run_config, tick)
+        s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+        transformer.lambda_handler(s3_event(BUCKET, key), None)
+        raw_keys.append(key)
+    run(s3)
+    assert keys(s3) == [COMPACTED]
+    replaced = raw_keys[2]
+    records = generator.generate_transactions(datetime(2026, 11, 26, 0, 30, tzinfo=UTC), 4, random.Random(1))
+
+    s3.put_object(Bucket=BUCKET, Key=replaced, Body=generator.to_json_lines(records))
+    transformer.lambda_handler(s3_event(BUCKET, replaced), None)
+    results = run(s3, when="2026-11-28T03:00:00Z")  # both days finished, both marked
+
+    def raw_ids(key: str) -> list[str]:
+        body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
+        return [json.loads(line)["transaction_id"] for line in body.splitlines()]
+
+    assert results[DAY.isoformat()]["marker"] == "deleted"
+    assert results[DAY.isoformat()]["rows_dropped"] == 3
+    on_the_day = [i for key in raw_keys if key != replaced for i in raw_ids(key)]
+    assert ids(what_a_query_sees(s3)) == Counter(on_the_day)
+    assert ids(what_a_query_sees(s3, partition(NEXT_DAY))) == Counter(raw_ids(replaced))
+    assert keys(s3, "state/compaction/") == []
+    assert replaced not in {line["source_key"] for line in sidecar(s3)}
+    assert {line["source_key"] for line in sidecar(s3, NEXT_DAY)} == {replaced}
+    capsys.readouterr()
