@@ -411,3 +411,43 @@ def test_real_pipeline_redelivery_after_compaction_leaves_every_raw_record_once(
     assert sorted_rows(what_a_query_sees(s3)).equals(sorted_rows(expected))
     assert name in {s["key"].rsplit("/", 1)[1].removesuffix(".parquet") for s in manifest_of(s3)["sources"]}
     capsys.readouterr()
+
+
+def test_an_empty_source_is_recorded_and_deleted_and_a_broken_one_stops_the_run_naming_it(s3, day_of_files):
+    empty_key = put_source(s3, raw_key(40), make_rows(0, seed=40))
+    compactor.compact_day(s3, config(), DAY)
+    assert keys(s3) == [COMPACTED]
+    assert [e["rows"] for e in manifest_of(s3)["sources"] if e["key"] == empty_key] == [0]
+    assert_exactly(s3, *day_of_files)
+
+    broken = stem_key("uploaded-by-hand-0123456789ab")
+    s3.put_object(Bucket=BUCKET, Key=broken, Body=b"PAR1 not really a parquet file")
+    with pytest.raises(compactor.NotParquetError, match=f"{broken}: not a Parquet file"):
+        compactor.compact_day(s3, config(), DAY)
+    assert sorted(keys(s3)) == sorted([COMPACTED, broken])
+
+
+def test_raw_keys_with_spaces_and_non_ascii_letters_round_trip_through_the_manifests(s3):
+    raw = "raw/manual/März Umsätze (korrigiert) ü.json"
+    table = make_rows(3, seed=41)
+    key = put_source(s3, raw, table)
+
+    compactor.compact_day(s3, config(), DAY)
+
+    assert [(e["key"], e["source_key"]) for e in manifest_of(s3)["sources"]] == [(key, raw)]
+    assert [(line["processed_key"], line["source_key"]) for line in sidecar(s3)] == [(key, raw)]
+    assert_exactly(s3, table)
+
+
+def test_footers_bigger_than_one_ranged_read_are_read_with_a_second_one(
+    s3, day_of_files, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(compactor, "FOOTER_READ_BYTES", 64)  # every footer needs a second GET
+    compactor.compact_day(s3, config(), DAY)
+    late = make_rows(2, seed=42)
+    put_source(s3, raw_key(42), late)
+
+    result = compactor.compact_day(s3, config(), DAY)
+
+    assert result["action"] == "compacted"
+    assert_exactly(s3, *day_of_files, late)
