@@ -348,6 +348,7 @@ def measure(
     limits = configured_limits()
     if part_rows is not None:
         limits["part_rows"] = part_rows
+    load_at_start = os.getloadavg()[0]
     built = time.perf_counter()
     day_files, (late_key, late_path) = build_day(OUT / "data", rate, files, seed)
     build_s = time.perf_counter() - built
@@ -368,6 +369,8 @@ def measure(
     report = {
         "command": "python -m bench.compactor_day " + " ".join(sys.argv[1:]),
         "machine": machine(),
+        # other work on the machine slows the child's CPU seconds too (shared caches and cores)
+        "load_average_1min": {"start": load_at_start, "end": os.getloadavg()[0]},
         "rate": rate,
         "files": files,
         "rows": rate * files,
@@ -405,6 +408,10 @@ def render(report: dict[str, Any]) -> str:
         f"{report['rate']:,} rows; COMPACT_PART_ROWS={lim['part_rows']:,}. After both: "
         f"{len(report['compacted_files'])} files, {report['compacted_mib']:,.0f} MiB "
         f"({report['compacted_bytes_per_row']:.1f} B/row).",
+        f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
+        f"{report['machine']['memory']}, Python {report['machine']['python']}; load average (1 min) "
+        f"{report.get('load_average_1min', {}).get('start', float('nan')):.1f} at start, "
+        f"{report.get('load_average_1min', {}).get('end', float('nan')):.1f} at end.",
         f"Lambda duration = CPU s x {LAMBDA_FULL_VCPU_MB}/{lim['memory_mb']} MB (vCPU share) + S3 bytes at "
         f"{report['s3_mib_per_s']:g} MiB/s + {report['s3_request_ms']:g} ms per S3 request (both assumed).",
         "",

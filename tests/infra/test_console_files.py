@@ -149,7 +149,7 @@ def test_transformer_reads_raw_and_writes_only_its_outputs_and_bookkeeping() -> 
     assert sqs == {("sqs:SendMessage", VALUES["TransformerFailureQueue.Arn"])}
 
 
-def test_compactor_rewrites_only_processed_transactions_and_only_with_conditional_requests() -> None:
+def test_compactor_rewrites_only_its_own_files_and_deletes_only_with_conditional_requests() -> None:
     grants = _grants(_json(ROLE_POLICY_FILES["CompactorRole"]))
     table = f"{BUCKET_ARN}/processed/transactions"
 

@@ -488,6 +488,9 @@ def test_handlers_run_under_the_stacks_roles_and_cannot_write_elsewhere(
     (done,) = [r for r in by_day.values() if r["action"] != "noop"]
     assert done["action"] == "compacted"
     assert done["rows"] == written["count"]
+    # (the transformer marked the day dirty, it being past: the compactor checked it against the
+    # transformer's states and deleted the marker, under its role)
+    assert (done["verification"], done["marker"]) == ("done", "deleted")
     with disable_iam_authentication():
         admin = boto3.client("s3", region_name=REGION)
         partition = admin.list_objects_v2(Bucket=BUCKET, Prefix="processed/transactions/" + "/".join(day))
@@ -514,6 +517,12 @@ def test_handlers_run_under_the_stacks_roles_and_cannot_write_elsewhere(
         as_compactor.put_object, Bucket=BUCKET, Key="quarantine/x.jsonl", Body=b"x", IfNoneMatch="*"
     )
     assert not _allowed_by(policy, "s3:ListBucket", f"arn:aws:s3:::{BUCKET}", {"s3:prefix": "raw/"})
+    # AND it reads the transformer's bookkeeping but may not write it, nor delete a marker unconditionally
+    marker = "state/compaction/dirty/" + "/".join(day) + ".json"
+    assert _denied(as_compactor.put_object, Bucket=BUCKET, Key=marker, Body=b"{}")
+    assert _denied(as_compactor.put_object, Bucket=BUCKET, Key="state/transformer/x.json", Body=b"{}")
+    assert _denied(as_compactor.delete_object, Bucket=BUCKET, Key="state/transformer/x.json", IfMatch="*")
+    assert not _allowed_by(policy, "s3:DeleteObject", f"arn:aws:s3:::{BUCKET}/{marker}", {})
 
     # AND of everything in the bucket, only the raw files match the S3 trigger: no recursion
     (notification,) = stack.template["Resources"]["DataBucket"]["Properties"]["NotificationConfiguration"][
