@@ -451,3 +451,22 @@ def test_footers_bigger_than_one_ranged_read_are_read_with_a_second_one(
 
     assert result["action"] == "compacted"
     assert_exactly(s3, *day_of_files, late)
+
+
+def test_the_handler_removes_files_a_killed_invocation_left_in_tmp(
+    s3, day_of_files, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    monkeypatch.setattr(compactor.tempfile, "tempdir", str(tmp_path))
+    stale = tmp_path / "compactor-killed"
+    stale.mkdir()
+    (stale / "out.parquet").write_bytes(b"x" * 1024)
+    other = tmp_path / "someone-else"
+    other.mkdir()
+    monkeypatch.setenv("BUCKET_NAME", BUCKET)
+    monkeypatch.setattr(compactor, "s3_client", lambda: s3)
+
+    compactor.lambda_handler({"date": "2026-11-25", "time": "2026-11-26T03:00:00Z"}, None)
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["someone-else"]
+    assert_exactly(s3, *day_of_files)
+    capsys.readouterr()

@@ -68,6 +68,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -105,6 +106,7 @@ METRICS_NAMESPACE = "EcommercePipeline"
 READ_BATCH_ROWS = 65_536
 # One ranged GET reads a whole footer: a transformer file's is a few KiB, a part's grows with its sources.
 FOOTER_READ_BYTES = 1 << 16
+TMP_PREFIX = "compactor-"  # this run's files in /tmp: one directory per day compacted
 
 # pyarrow.parquet ships no type hints; these aliases keep mypy --strict honest everywhere else.
 _ParquetFile: Any = pq.ParquetFile
@@ -1189,7 +1191,7 @@ def compact_day(
     if plan.changes or unknown:
         # A part no head lists may be another run's, still being written: it is deleted only after this
         # run's commit, which makes that run's commit fail.
-        with tempfile.TemporaryDirectory(prefix="compactor-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=TMP_PREFIX) as tmp:
             head = write_day(s3, config, day, listing=listing, head=head, plan=plan, directory=Path(tmp))
         result.update(action="compacted", files_merged=len(plan.merge))
         result.update(rows_dropped=sum(e.rows for e in plan.dropped))
@@ -1207,8 +1209,8 @@ def compact_day(
     if marker is not None:
         result["marker"] = "kept"
         if verification.status == "done" and not plan.leave:
-            deleted, _ = _delete_if_unchanged(s3, bucket, [S3Object(marker.key, marker.etag, 0)])
-            result["marker"] = "deleted" if deleted else "kept"
+            deleted, newer = _delete_if_unchanged(s3, bucket, [S3Object(marker.key, marker.etag, 0)])
+            result["marker"] = "deleted" if deleted else "kept" if newer else "gone"  # gone: another run's
     return result
 
 
@@ -1255,9 +1257,18 @@ def compact(
     return days, results
 
 
+def remove_stale_tmp() -> None:
+    """A container runs one invocation at a time: a compactor directory already in /tmp was left by one
+    that was killed (a timeout), and would eat into the next one's space."""
+    for stale in Path(tempfile.gettempdir()).glob(f"{TMP_PREFIX}*"):
+        _logger.warning("removing a killed invocation's files from /tmp", extra={"path": str(stale)})
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """EventBridge schedule entry point (or {"date": "YYYY-MM-DD"} for a backfill): compact finished days."""
     started = time.perf_counter()
+    remove_stale_tmp()
     config = load_config(os.environ)
     now = datetime.now(UTC)
     days, results = compact(s3_client(), config, event, now)
