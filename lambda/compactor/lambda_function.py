@@ -883,41 +883,18 @@ def _download(s3: S3Client, bucket: str, obj: S3Object, path: Path) -> Path:
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
 
 
-def _put_new(s3: S3Client, bucket: str, key: str, path: Path) -> str:
-    """A new part: created only where no object is (IfNoneMatch), so nothing is ever overwritten."""
+def _put_compacted(s3: S3Client, bucket: str, key: str, path: Path, old: S3Object | None) -> str:
+    """A compactor file, created only where no object is (a new part, a first head), or replacing only the
+    head this run read (the commit); its ETag. Either way nothing another writer put is overwritten."""
+    condition: dict[str, Any] = {"IfNoneMatch": "*"} if old is None else {"IfMatch": f'"{old.etag}"'}
     try:
         with path.open("rb") as body:
             response = s3.put_object(
-                Bucket=bucket, Key=key, Body=body, ContentType=PARQUET_CONTENT_TYPE, IfNoneMatch="*"
+                Bucket=bucket, Key=key, Body=body, ContentType=PARQUET_CONTENT_TYPE, **condition
             )
     except ClientError as e:
         if _precondition_failed(e):
-            raise ConcurrentChangeError(f"s3://{bucket}/{key} appeared during this run; it stops") from e
-        raise
-    return str(response["ETag"]).strip('"')
-
-
-def _put_compacted(s3: S3Client, bucket: str, key: str, path: Path, old: S3Object | None) -> str:
-    """The commit: the head is created only if absent, replaced only if it is still the one read."""
-    try:
-        with path.open("rb") as body:
-            if old is None:
-                response = s3.put_object(
-                    Bucket=bucket, Key=key, Body=body, ContentType=PARQUET_CONTENT_TYPE, IfNoneMatch="*"
-                )
-            else:
-                response = s3.put_object(
-                    Bucket=bucket,
-                    Key=key,
-                    Body=body,
-                    ContentType=PARQUET_CONTENT_TYPE,
-                    IfMatch=f'"{old.etag}"',
-                )
-    except ClientError as e:
-        if _precondition_failed(e):
-            raise ConcurrentChangeError(
-                f"s3://{bucket}/{key} changed during this run; nothing deleted"
-            ) from e
+            raise ConcurrentChangeError(f"s3://{bucket}/{key} changed during this run; it stops") from e
         raise
     return str(response["ETag"]).strip('"')
 
@@ -1080,7 +1057,7 @@ def _write_outputs(
         rows = _write_file(out, stream.take(size), part_manifest(day, batch, key, file_entries), config)
         if rows != size:
             raise ManifestError(f"{key}: wrote {rows} rows, the plan says {size}")
-        written.append(PartRef(key, _put_new(s3, config.bucket, key, out), size))
+        written.append(PartRef(key, _put_compacted(s3, config.bucket, key, out, None), size))
         out.unlink()
     stream.finish()
     _write_file(out, [], head_manifest(day, batch, day_entries, written, replaced), config)
