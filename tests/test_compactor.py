@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import random
-import uuid
-from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -18,125 +15,29 @@ import pyarrow.parquet as pq
 import pytest
 
 from bench._child import s3_event
+from tests.compactor_support import (
+    COMPACTED,
+    DAY,
+    PREFIX,
+    PRICES,
+    FailingS3,
+    RecordingS3,
+    assert_exactly,
+    compactor,
+    config,
+    keys,
+    make_rows,
+    manifest_of,
+    processed_key,
+    put_parquet,
+    put_source,
+    raw_key,
+    sidecar,
+    sorted_rows,
+    stem_key,
+    what_a_query_sees,
+)
 from tests.conftest import BUCKET, load_event, load_lambda
-
-compactor = load_lambda("compactor")
-
-DAY = date(2026, 11, 25)
-PREFIX = "processed/transactions/year=2026/month=11/day=25/"
-COMPACTED = f"{PREFIX}compacted-20261125.parquet"
-PRICES = [Decimal("24.99"), Decimal("0.01"), Decimal("99999999.99"), Decimal("3.25")]
-
-
-def make_rows(n: int, seed: int, day: date = DAY) -> pa.Table:
-    """`n` rows in the processed table's exact types, with values drawn from `seed`."""
-    rng = random.Random(seed)
-    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    stamps = [start + timedelta(milliseconds=rng.randrange(86_400_000)) for _ in range(n)]
-    quantities = [rng.randint(1, 5) for _ in range(n)]
-    prices = [rng.choice(PRICES[:2] + PRICES[3:]) for _ in range(n)]
-    return pa.table(
-        {
-            "transaction_id": [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(n)],
-            "timestamp": stamps,
-            "customer_id": [f"CUST-{rng.randint(1, 500):05d}" for _ in range(n)],
-            "product_id": ["PROD-0001"] * n,
-            "product_name": ["Wireless Mouse"] * n,
-            "category": ["Electronics"] * n,
-            "quantity": quantities,
-            "price": prices,
-            "total_amount": [p * q for p, q in zip(prices, quantities, strict=True)],
-            "hour": [s.hour for s in stamps],
-            "day_of_week": [s.weekday() for s in stamps],
-        },
-        schema=compactor.SCHEMA,
-    )
-
-
-def stem_key(stem: str, day: date = DAY) -> str:
-    return f"processed/transactions/year={day:%Y}/month={day:%m}/day={day:%d}/{stem}.parquet"
-
-
-def put_parquet(s3: Any, key: str, table: pa.Table) -> None:
-    """A per-raw-file Parquet object as the transformer writes it (contract layout and types)."""
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="snappy")
-    s3.put_object(Bucket=BUCKET, Key=key, Body=buffer.getvalue())
-
-
-def keys(s3: Any, prefix: str = PREFIX) -> list[str]:
-    return [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])]
-
-
-def what_a_query_sees(s3: Any, prefix: str = PREFIX) -> pa.Table:
-    """Every row of every table file under the partition, as Athena reads it (names with _ or . skipped)."""
-    tables = [
-        pq.read_table(io.BytesIO(s3.get_object(Bucket=BUCKET, Key=k)["Body"].read())).cast(compactor.SCHEMA)
-        for k in keys(s3, prefix)
-        if not k.rsplit("/", 1)[1].startswith(("_", "."))
-    ]
-    return pa.concat_tables(tables) if tables else compactor.SCHEMA.empty_table()
-
-
-def sorted_rows(table: pa.Table) -> pa.Table:
-    return table.cast(compactor.SCHEMA).sort_by([("transaction_id", "ascending"), ("timestamp", "ascending")])
-
-
-def assert_exactly(s3: Any, *expected: pa.Table) -> None:
-    """The partition holds exactly the expected rows, each once, with the contract's types and values."""
-    seen = what_a_query_sees(s3)
-    want = pa.concat_tables(expected)
-    assert seen.num_rows == want.num_rows
-    assert sorted_rows(seen).equals(sorted_rows(want))
-
-
-def manifest_of(s3: Any, key: str = COMPACTED) -> dict[str, Any]:
-    metadata = pq.read_schema(io.BytesIO(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())).metadata
-    document: dict[str, Any] = json.loads(metadata[compactor.MANIFEST_KEY])
-    return document
-
-
-def config(**overrides: Any) -> Any:
-    values: dict[str, Any] = {
-        "bucket": BUCKET,
-        "after_hours": 2.0,
-        "lookback_days": 7,
-        "row_group_rows": 1_000_000,
-    }
-    values.update(overrides)
-    return compactor.Config(**values)
-
-
-class FailingS3:
-    """The real client, except that one operation fails after `allow` successful calls (a crash)."""
-
-    def __init__(self, client: Any, operation: str, allow: int = 0, before: Callable[[], None] | None = None):
-        self._client = client
-        self._operation = operation
-        self._allow = allow
-        self._before = before
-        self.calls: dict[str, int] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self._client, name)
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            self.calls[name] = self.calls.get(name, 0) + 1
-            if name == self._operation:
-                if self._before is not None:
-                    self._before()
-                    self._before = None
-                if self._allow <= 0:
-                    raise RuntimeError(f"simulated crash in {name}")
-                self._allow -= 1
-            return method(*args, **kwargs)
-
-        return call
-
-
-class RecordingS3(FailingS3):
-    def __init__(self, client: Any):
-        super().__init__(client, operation="", allow=0)
 
 
 @pytest.fixture
@@ -145,7 +46,7 @@ def day_of_files(s3: Any) -> list[pa.Table]:
     tables = []
     for i in range(12):
         table = make_rows(1 + i % 3, seed=i)
-        put_parquet(s3, stem_key(f"transactions-20261125T{i:02d}0500Z-{i:08x}"), table)
+        put_source(s3, raw_key(i), table)
         tables.append(table)
     return tables
 
@@ -216,7 +117,7 @@ def test_late_file_after_compaction_is_merged_by_the_next_run(s3, day_of_files):
 def test_redelivered_event_rewriting_a_compacted_file_with_the_same_rows_leaves_them_once(s3, day_of_files):
     compactor.compact_day(s3, config(), DAY)
     # The transformer handles the same raw object again: same key, same bytes, same ETag.
-    put_parquet(s3, stem_key("transactions-20261125T040500Z-00000004"), day_of_files[4])
+    put_source(s3, raw_key(4), day_of_files[4])
     doubled = what_a_query_sees(s3)
     assert doubled.num_rows == sum(t.num_rows for t in day_of_files) + day_of_files[4].num_rows
 
@@ -231,7 +132,7 @@ def test_redelivered_event_with_changed_rows_replaces_the_old_copy_of_that_file(
     compactor.compact_day(s3, config(), DAY)
     # The raw object was replaced by hand and processed again: same output key, new content.
     replacement = make_rows(5, seed=404)
-    put_parquet(s3, stem_key("transactions-20261125T040500Z-00000004"), replacement)
+    put_source(s3, raw_key(4), replacement)
 
     result = compactor.compact_day(s3, config(), DAY)
 
@@ -294,10 +195,10 @@ def test_crash_while_writing_the_compacted_file_leaves_every_source_in_place(s3,
 
 def test_source_rewritten_while_the_compactor_runs_is_kept_and_merged_by_the_next_run(s3, day_of_files):
     replacement = make_rows(4, seed=321)
-    key = stem_key("transactions-20261125T000500Z-00000000")
+    key = processed_key(raw_key(0))
 
     def transformer_rewrites_a_source() -> None:
-        put_parquet(s3, key, replacement)
+        put_source(s3, raw_key(0), replacement)
 
     racing = FailingS3(s3, "delete_object", allow=100, before=transformer_rewrites_a_source)
     result = compactor.compact_day(racing, config(), DAY)
@@ -333,12 +234,21 @@ def test_a_file_with_another_schema_stops_the_run_with_an_error_naming_it(s3, da
     assert len(keys(s3)) == 13
 
 
-def test_a_foreign_file_under_the_compacted_name_is_refused_not_overwritten(s3, day_of_files):
-    put_parquet(s3, COMPACTED, make_rows(1, seed=8))  # a raw file named compacted-20261125.json
+@pytest.mark.parametrize(
+    "name", ["compacted-20261125.parquet", "compacted-20261125-p01.parquet", "compacted-20261125-p12.parquet"]
+)
+def test_a_foreign_file_under_a_compactor_name_is_refused_not_overwritten_nor_deleted(
+    s3, day_of_files, name: str
+):
+    # a file someone put there by hand (no transformer name can take it): the compactor did not write it
+    put_parquet(s3, PREFIX + name, make_rows(1, seed=8))
+    before = {k: s3.head_object(Bucket=BUCKET, Key=k)["ETag"] for k in keys(s3)}
 
-    with pytest.raises(compactor.ManifestError, match="not written by the compactor"):
+    with pytest.raises(compactor.ManifestError, match=f"{name}.*not written by the compactor"):
         compactor.compact_day(s3, config(), DAY)
-    assert len(keys(s3)) == 13
+
+    assert {k: s3.head_object(Bucket=BUCKET, Key=k)["ETag"] for k in keys(s3)} == before
+    assert len(before) == 13
 
 
 def test_row_groups_are_cut_at_the_configured_row_count(s3):
@@ -428,16 +338,29 @@ def test_manifest_entries_sum_to_the_rows_of_the_compacted_file(s3, day_of_files
     assert Path(manifest["partition"]).as_posix() + "/" == PREFIX
 
 
-def test_the_sidecar_manifest_outside_the_table_lists_each_raw_file_with_its_rows(s3, day_of_files):
+def test_the_manifest_and_its_copy_outside_the_table_name_each_raw_file_with_its_rows(s3, day_of_files):
     compactor.compact_day(s3, config(), DAY)
 
-    body = s3.get_object(
-        Bucket=BUCKET, Key="compaction/transactions/year=2026/month=11/day=25/manifest.jsonl"
-    )
-    lines = [json.loads(line) for line in body["Body"].read().decode().splitlines()]
+    entries = manifest_of(s3)["sources"]
+    lines = sidecar(s3)
+    raw_keys = [raw_key(i) for i in range(12)]
+    # GIVEN files named by the shared design, THEN each entry carries the raw key from the file's metadata
+    assert [e["source_key"] for e in entries] == [line["source_key"] for line in lines] == raw_keys
+    assert [line["processed_key"] for line in lines] == [processed_key(r) for r in raw_keys]
     assert [line["row_count"] for line in lines] == [t.num_rows for t in day_of_files]
-    assert lines[0]["file_stem"] == "transactions-20261125T000500Z-00000000"
+    assert lines[0]["file_stem"] == processed_key(raw_keys[0]).rsplit("/", 1)[1].removesuffix(".parquet")
     assert {line["compacted_key"] for line in lines} == {COMPACTED}
+
+
+def test_a_file_written_before_source_key_metadata_existed_gets_a_null_raw_key(s3):
+    old = make_rows(2, seed=5)
+    put_parquet(s3, stem_key("transactions-20261125T000500Z-00000000"), old)  # the old naming, no metadata
+
+    compactor.compact_day(s3, config(), DAY)
+
+    assert [e["source_key"] for e in manifest_of(s3)["sources"]] == [None]
+    assert [line["source_key"] for line in sidecar(s3)] == [None]
+    assert_exactly(s3, old)
 
 
 def test_crash_between_the_compacted_file_and_its_sidecar_is_completed_by_the_rerun(s3, day_of_files):
@@ -487,4 +410,63 @@ def test_real_pipeline_redelivery_after_compaction_leaves_every_raw_record_once(
     assert keys(s3) == [COMPACTED]
     assert sorted_rows(what_a_query_sees(s3)).equals(sorted_rows(expected))
     assert name in {s["key"].rsplit("/", 1)[1].removesuffix(".parquet") for s in manifest_of(s3)["sources"]}
+    capsys.readouterr()
+
+
+def test_an_empty_source_is_recorded_and_deleted_and_a_broken_one_stops_the_run_naming_it(s3, day_of_files):
+    empty_key = put_source(s3, raw_key(40), make_rows(0, seed=40))
+    compactor.compact_day(s3, config(), DAY)
+    assert keys(s3) == [COMPACTED]
+    assert [e["rows"] for e in manifest_of(s3)["sources"] if e["key"] == empty_key] == [0]
+    assert_exactly(s3, *day_of_files)
+
+    broken = stem_key("uploaded-by-hand-0123456789ab")
+    s3.put_object(Bucket=BUCKET, Key=broken, Body=b"PAR1 not really a parquet file")
+    with pytest.raises(compactor.NotParquetError, match=f"{broken}: not a Parquet file"):
+        compactor.compact_day(s3, config(), DAY)
+    assert sorted(keys(s3)) == sorted([COMPACTED, broken])
+
+
+def test_raw_keys_with_spaces_and_non_ascii_letters_round_trip_through_the_manifests(s3):
+    raw = "raw/manual/März Umsätze (korrigiert) ü.json"
+    table = make_rows(3, seed=41)
+    key = put_source(s3, raw, table)
+
+    compactor.compact_day(s3, config(), DAY)
+
+    assert [(e["key"], e["source_key"]) for e in manifest_of(s3)["sources"]] == [(key, raw)]
+    assert [(line["processed_key"], line["source_key"]) for line in sidecar(s3)] == [(key, raw)]
+    assert_exactly(s3, table)
+
+
+def test_footers_bigger_than_one_ranged_read_are_read_with_a_second_one(
+    s3, day_of_files, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(compactor, "FOOTER_READ_BYTES", 64)  # every footer needs a second GET
+    compactor.compact_day(s3, config(), DAY)
+    late = make_rows(2, seed=42)
+    put_source(s3, raw_key(42), late)
+
+    result = compactor.compact_day(s3, config(), DAY)
+
+    assert result["action"] == "compacted"
+    assert_exactly(s3, *day_of_files, late)
+
+
+def test_the_handler_removes_files_a_killed_invocation_left_in_tmp(
+    s3, day_of_files, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    monkeypatch.setattr(compactor.tempfile, "tempdir", str(tmp_path))
+    stale = tmp_path / "compactor-killed"
+    stale.mkdir()
+    (stale / "out.parquet").write_bytes(b"x" * 1024)
+    other = tmp_path / "someone-else"
+    other.mkdir()
+    monkeypatch.setenv("BUCKET_NAME", BUCKET)
+    monkeypatch.setattr(compactor, "s3_client", lambda: s3)
+
+    compactor.lambda_handler({"date": "2026-11-25", "time": "2026-11-26T03:00:00Z"}, None)
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["someone-else"]
+    assert_exactly(s3, *day_of_files)
     capsys.readouterr()

@@ -158,7 +158,7 @@ def test_transformer_reads_raw_and_writes_only_its_outputs_and_bookkeeping() -> 
     assert sqs == {("sqs:SendMessage", VALUES["TransformerFailureQueue.Arn"])}
 
 
-def test_compactor_rewrites_only_processed_transactions_and_only_with_conditional_requests() -> None:
+def test_compactor_rewrites_only_its_own_files_and_deletes_only_with_conditional_requests() -> None:
     grants = _grants(_json(ROLE_POLICY_FILES["CompactorRole"]))
     table = f"{BUCKET_ARN}/processed/transactions"
 
@@ -178,6 +178,13 @@ def test_compactor_rewrites_only_processed_transactions_and_only_with_conditiona
         ("s3:DeleteObject", f"{table}/*", condition("s3:if-match")),
         # The manifest copies, outside the table
         ("s3:PutObject", f"{BUCKET_ARN}/compaction/transactions/*", "{}"),
+        # The dirty-day markers: listed, read, and deleted only with If-Match (a newer one survives)
+        ("s3:ListBucket", BUCKET_ARN, json.dumps({"StringLike": {"s3:prefix": "state/compaction/dirty/*"}})),
+        ("s3:GetObject", f"{BUCKET_ARN}/state/compaction/dirty/*", "{}"),
+        ("s3:DeleteObject", f"{BUCKET_ARN}/state/compaction/dirty/*", condition("s3:if-match")),
+        # The transformer's state objects: read only (listing one key tells absent from denied)
+        ("s3:ListBucket", BUCKET_ARN, json.dumps({"StringLike": {"s3:prefix": "state/transformer/*"}})),
+        ("s3:GetObject", f"{BUCKET_ARN}/state/transformer/*", "{}"),
     }
     assert {a for a, _, _ in grants if not a.startswith("s3:")} == {
         "logs:CreateLogGroup",

@@ -160,13 +160,14 @@ class Expected:
             "CompactorFunction",
             Expected(
                 "compactor",
-                1024,
-                300,
+                1769,
+                900,
                 {
                     "BUCKET_NAME": BUCKET,
                     "COMPACT_AFTER_HOURS": "2",
                     "COMPACT_LOOKBACK_DAYS": "7",
                     "COMPACT_ROW_GROUP_ROWS": "1000000",
+                    "COMPACT_PART_ROWS": "5000000",
                 },
                 1,
             ),
@@ -222,7 +223,7 @@ def test_function_properties_moto_ignores_are_set_in_the_template(stack: Stack) 
         "the generator needs the standard library and boto3 only"
     )
     assert functions["TransformerFunction"]["Layers"] == [{"Ref": "PandasLayerArn"}]
-    # The compactor uses the layer's pyarrow, and stages a day's files in /tmp
+    # The compactor uses the layer's pyarrow, and holds one input and one output file of a day in /tmp
     assert functions["CompactorFunction"]["Layers"] == [{"Ref": "PandasLayerArn"}]
     assert functions["CompactorFunction"]["EphemeralStorage"] == {"Size": 1024}
 
@@ -490,6 +491,9 @@ def test_handlers_run_under_the_stacks_roles_and_cannot_write_elsewhere(
     (done,) = [r for r in by_day.values() if r["action"] != "noop"]
     assert done["action"] == "compacted"
     assert done["rows"] == written["count"]
+    # (the transformer marked the day dirty, it being past: the compactor checked it against the
+    # transformer's states and deleted the marker, under its role)
+    assert (done["verification"], done["marker"]) == ("done", "deleted")
     with disable_iam_authentication():
         admin = boto3.client("s3", region_name=REGION)
         partition = admin.list_objects_v2(Bucket=BUCKET, Prefix="processed/transactions/" + "/".join(day))
@@ -516,6 +520,12 @@ def test_handlers_run_under_the_stacks_roles_and_cannot_write_elsewhere(
         as_compactor.put_object, Bucket=BUCKET, Key="quarantine/x.jsonl", Body=b"x", IfNoneMatch="*"
     )
     assert not _allowed_by(policy, "s3:ListBucket", f"arn:aws:s3:::{BUCKET}", {"s3:prefix": "raw/"})
+    # AND it reads the transformer's bookkeeping but may not write it, nor delete a marker unconditionally
+    marker = "state/compaction/dirty/" + "/".join(day) + ".json"
+    assert _denied(as_compactor.put_object, Bucket=BUCKET, Key=marker, Body=b"{}")
+    assert _denied(as_compactor.put_object, Bucket=BUCKET, Key="state/transformer/x.json", Body=b"{}")
+    assert _denied(as_compactor.delete_object, Bucket=BUCKET, Key="state/transformer/x.json", IfMatch="*")
+    assert not _allowed_by(policy, "s3:DeleteObject", f"arn:aws:s3:::{BUCKET}/{marker}", {})
 
     # AND of everything in the bucket, only the raw files match the S3 trigger: no recursion
     (notification,) = stack.template["Resources"]["DataBucket"]["Properties"]["NotificationConfiguration"][
