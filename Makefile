@@ -15,7 +15,7 @@ IMAGES_STAMP := $(IMAGES_VENV)/.installed
 help:
 	@echo "make test    - lint, type-check and run every test (creates .venv and .venv-tools)"
 	@echo "make demo    - run the whole pipeline locally on an embedded S3 (creates .venv)"
-	@echo "make bench   - performance benchmark (make bench ARGS=--quick for a short run)"
+	@echo "make bench   - performance figures, docs/performance.md (ARGS=--quick: smoke run; ARGS=--loop: the 50-run loop)"
 	@echo "make images  - redraw images/architecture.png (needs graphviz; installed with apt-get as root)"
 	@echo "make deploy  - deploy the stack to AWS: make deploy BUCKET=<new bucket> EMAIL=<alerts address>"
 	@echo "make destroy - delete the stack (the data bucket is kept)"

@@ -313,8 +313,11 @@ def exit_text(code: int) -> str:
 def loop_figures(loop: Mapping[str, Any]) -> list[Figure]:
     out = []
     done = sum(f["attempted"] for f in loop["files"])
+    plural = "" if done == 1 else "s"
     crashed = (
-        f"; the process {exit_text(loop['exit_code'])} after {done} invocations" if loop["exit_code"] else ""
+        f"; the process {exit_text(loop['exit_code'])} after {done} invocation{plural}"
+        if loop["exit_code"]
+        else ""
     )
     for file in loop["files"]:
         times = (

@@ -438,6 +438,50 @@ def test_a_function_not_measured_is_listed_with_the_reason_and_no_verdict():
     assert "not on this branch" in figure.measured
 
 
+class _FakeCompactorDay:
+    """bench/compactor_day.py's interface: main(argv) writes its JSON report to --out and prints a table."""
+
+    def __init__(self, peak: dict[str, float]) -> None:
+        self.peak = peak
+        self.argv: list[str] = []
+
+    def main(self, argv: list[str]) -> int:
+        self.argv = argv
+        report = {
+            "files": int(argv[argv.index("--files") + 1]) if "--files" in argv else 288,
+            "s3_mib_per_s": 50.0,
+            "s3_request_ms": 20.0,
+            "limits": {"memory_mb": 1024, "tmp_mb": 1024, "timeout_s": 300, "part_rows": 5_000_000},
+            "peak": self.peak,
+        }
+        Path(argv[argv.index("--out") + 1]).write_text(json.dumps(report), encoding="utf-8")
+        print("its own table")
+        return 1
+
+
+def test_the_compactors_day_report_is_folded_into_the_limits(tmp_path: Path):
+    fake = _FakeCompactorDay({"rss_mib": 500.0, "tmp_mib": 950.0, "lambda_s": 100.0})
+
+    report = bench_run.compactor_day(100_000, quick=False, module=fake, out=tmp_path / "day.json")
+    assert not isinstance(report, str)
+    rows = {r["measure"]: r for r in bench_run.compactor_rows(100_000, report)}
+
+    assert fake.argv[:2] == ["--rate", "100000"]
+    assert report["printed"] == "its own table\n"
+    assert (rows["peak RSS"]["limit"], rows["peak RSS"]["passed"]) == (1024, True)
+    assert (rows["peak /tmp"]["value"], rows["peak /tmp"]["passed"]) == (950.0, False)
+    assert rows["estimated Lambda time"]["headroom"] == pytest.approx(2 / 3)
+
+
+def test_a_quick_run_builds_a_small_day_for_the_compactor(tmp_path: Path):
+    fake = _FakeCompactorDay({"rss_mib": 1.0, "tmp_mib": 1.0, "lambda_s": 1.0})
+
+    report = bench_run.compactor_day(100_000, quick=True, module=fake, out=tmp_path / "day.json")
+
+    assert not isinstance(report, str)
+    assert report["files"] == 3
+
+
 # --- Issue 8's reliability loop -------------------------------------------------------------------------
 
 
