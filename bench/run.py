@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 # bench.generator_run and bench.compactor_day import these from here.
-__all__ = ["BUCKET", "MIB", "aws_env", "machine", "main", "moto_server", "s3_for"]
+__all__ = ["BUCKET", "MIB", "BenchError", "aws_env", "machine", "main", "moto_server", "s3_for"]
 
 SECTIONS = ("transformer", "sizes", "limits", "loop", "small", "queries", "compaction")
 TEMPLATE = ROOT / "infra" / "template.yaml"
