@@ -12,6 +12,7 @@ said to be on one core are pinned with `taskset -c 0`. docs/performance.md expla
     .venv/bin/python -m bench.run --loop          # only the reliability loop (50 runs of each file)
     .venv/bin/python -m bench.run --only transformer,limits
     .venv/bin/python -m bench.run --transformer path/to/candidate.py   # measure a candidate file
+    .venv/bin/python -m bench.run --report bench/out/results.json      # the tables of a saved run
 """
 
 from __future__ import annotations
@@ -494,6 +495,7 @@ def sizes_tables(section: dict[str, Any]) -> str:
             "largest file",
             "raw MiB",
             "limited by",
+            "M records within memory / time / /tmp",
             "est. Lambda s",
             "peak RSS MiB",
             "/tmp MiB",  # noqa: S108 - a label, not a path
@@ -506,6 +508,7 @@ def sizes_tables(section: dict[str, Any]) -> str:
                 + (" *" if r["extrapolated"] else ""),
                 f"{r['raw_mib']:,.0f}",
                 r["limited_by"],
+                " / ".join("-" if b is None else f"{b / 1e6:.1f}" for b in r["bounds"].values()),
                 f"{r['lambda_s']:.0f}",
                 f"{r['peak_rss_mib']:.0f}",
                 f"{r['tmp_mib']:,.0f}",
@@ -623,6 +626,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="pyinstrument profiles in bench/out/")
     parser.add_argument("--out", type=Path, default=OUT / "results.json")
     parser.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="measure nothing: print the tables of this saved results.json",
+    )
+    parser.add_argument(
         "--transformer", type=Path, default=None, help="measure this candidate transformer file"
     )
     args = parser.parse_args(argv)
@@ -642,6 +651,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report is not None:
+        saved: dict[str, Any] = json.loads(args.report.read_text(encoding="utf-8"))
+        figures = collect_figures(saved)
+        print(report(saved, figures))
+        return 0 if all(f.passed is not False for f in figures) and not saved["failed_runs"] else 1
     FAILED_RUNS.clear()
     use_candidate(args.transformer)
     work = OUT / "data"

@@ -529,3 +529,24 @@ def test_a_crash_fails_the_loop_and_says_after_how_many_invocations():
     assert loop["passed"] is False
     assert not any(f.passed for f in figures)
     assert "killed by SIGSEGV after 13 invocations" in figures[0].measured
+
+
+def test_a_saved_run_is_reported_again_without_measuring(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    saved = {
+        "command": "python -m bench.run --loop",
+        "machine": {"cpu": "CPU", "cores": 2, "memory": "1 GiB", "python": "3.11", "taskset": True},
+        "load_average_at_start": [1.0, 1.0, 1.0],
+        "load_average_at_end": [2.0, 2.0, 2.0],
+        "quick": False,
+        "failed_runs": [],
+        "loop": model.summarise_loop(_entries(50, frozenset({(3, "a")})), _files(), runs=50, exit_code=0),
+    }
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(saved), encoding="utf-8")
+
+    status = bench_run.main(["--report", str(path)])
+
+    printed = capsys.readouterr().out
+    assert status == 1
+    assert "Command: python -m bench.run --loop" in printed
+    assert "49/50 without an error" in printed
