@@ -45,6 +45,7 @@ BUCKET = "bench-ecommerce-pipeline"
 REGION = "us-east-1"
 MIB = 1024 * 1024
 TMP_POLL_SECONDS = 0.02
+TMP_ROOT = OUT / "tmp"  # each child's fresh TMPDIR is made here, and removed after
 
 
 class BenchError(RuntimeError):
@@ -203,8 +204,8 @@ def spawn(args: list[str], env: dict[str, str], *, pin: bool = False) -> Spawned
     child_env.update(env)
     child_env["PYTHONPATH"] = str(ROOT)
     prefix = pin_prefix() if pin else []
-    (OUT / "tmp").mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix="child-", dir=OUT / "tmp"))
+    TMP_ROOT.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix="child-", dir=TMP_ROOT))
     child_env["TMPDIR"] = str(tmp_dir)
     try:
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, TmpWatcher(tmp_dir) as tmp:

@@ -561,7 +561,7 @@ def report(results: dict[str, Any], figures: list[Figure]) -> str:
     ]
     if results["quick"]:
         parts.append("--quick: a smoke run; its figures are not meaningful")
-    for failed in results["failed_runs"]:
+    for failed in results.get("failed_runs", []):
         parts.append(
             f"FAILED RUN (run again): {failed['impl']} on {failed['key']}, attempt {failed['attempt']}: "
             f"{failed['error']}"
@@ -655,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
         saved: dict[str, Any] = json.loads(args.report.read_text(encoding="utf-8"))
         figures = collect_figures(saved)
         print(report(saved, figures))
-        return 0 if all(f.passed is not False for f in figures) and not saved["failed_runs"] else 1
+        return 0 if all(f.passed is not False for f in figures) and not saved.get("failed_runs") else 1
     FAILED_RUNS.clear()
     use_candidate(args.transformer)
     work = OUT / "data"
@@ -739,4 +739,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BenchError as e:
+        log(f"bench failed: {e}")
+        sys.exit(2)

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bench import _child, data, model, reference
+from bench import _child, data, harness, model, reference
 from bench import run as bench_run
 from bench._child import s3_event
 from bench.generator_run import ONE_VCPU_MB
@@ -179,6 +179,39 @@ def test_an_output_with_fewer_rows_than_the_handler_reported_fails_the_check(s3)
     _child.check_outputs(s3, BUCKET, {"outputs": [key, "quarantine/x.jsonl"], "rows_written": 3})
     with pytest.raises(AssertionError, match="hold 3 rows, the handler reported 4"):
         _child.check_outputs(s3, BUCKET, {"outputs": [key], "rows_written": 4})
+
+
+@pytest.fixture
+def child_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Children's TMPDIRs under the test's own directory, not bench/out/."""
+    monkeypatch.setattr(harness, "TMP_ROOT", tmp_path / "children")
+    return tmp_path / "children"
+
+
+def test_the_duckdb_yardstick_converts_every_record_in_a_measured_child(tmp_path: Path, child_tmp: Path):
+    raw = data.clean_file(tmp_path, 200, seed=6, workers=1)
+    target = tmp_path / "out.parquet"
+
+    result = harness.run_child(["duckdb", "--source", str(raw), "--target", str(target)], {})
+
+    assert result["rows"] == 200
+    assert result["process_cpu_s"] >= result["work_cpu_s"] > 0
+    assert result["peak_rss_mib"] > 0
+    assert not target.exists()
+    assert list(child_tmp.iterdir()) == []
+
+
+def test_a_failing_child_raises_with_its_error(tmp_path: Path, child_tmp: Path):
+    with pytest.raises(harness.BenchError, match="exited with 1"):
+        harness.run_child(["duckdb", "--source", str(tmp_path / "missing.json"), "--target", "x"], {})
+
+
+def test_the_tmp_size_counts_every_file_below_the_directory(tmp_path: Path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "x.parquet").write_bytes(b"x" * 1000)
+    (tmp_path / "y.jsonl").write_bytes(b"y" * 24)
+
+    assert harness.tree_bytes(tmp_path) == 1024
 
 
 # --- Arguments ------------------------------------------------------------------------------------------
