@@ -7,7 +7,7 @@ Each measured run is a fresh child process (bench/_child.py) that reports its ow
 RSS (VmHWM); the parent adds the whole process's CPU from wait4 and the peak of its fresh TMPDIR. Runs
 said to be on one core are pinned with `taskset -c 0`. docs/performance.md explains each figure.
 
-    .venv/bin/python -m bench.run                 # everything (about 10 minutes on 2 cores)
+    .venv/bin/python -m bench.run                 # everything (6 to 13 minutes on 2 shared cores)
     .venv/bin/python -m bench.run --quick         # a smoke run of every section (figures not meaningful)
     .venv/bin/python -m bench.run --loop          # only the reliability loop (50 runs of each file)
     .venv/bin/python -m bench.run --only transformer,limits
