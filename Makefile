@@ -15,7 +15,7 @@ IMAGES_STAMP := $(IMAGES_VENV)/.installed
 help:
 	@echo "make test          - lint, type-check and run every test (creates .venv and .venv-tools)"
 	@echo "make demo          - run the whole pipeline locally on an embedded S3; output in local/out/ (creates .venv)"
-	@echo "make bench         - performance benchmark (make bench ARGS=--quick for a short run)"
+	@echo "make bench         - performance figures, docs/performance.md (ARGS=--quick: smoke run; ARGS=--loop: the 50-run loop)"
 	@echo "make images        - redraw the committed pictures in images/ (the diagram needs graphviz: apt-get as root)"
 	@echo "make console-files - the console path's files filled in, in build/console/:"
 	@echo "                     make console-files BUCKET=<bucket> ACCOUNT=<12 digits> [REGION=us-east-1]"

@@ -1,7 +1,9 @@
-"""One measurement in a fresh process (run by bench.run), reporting its own peak RSS (VmHWM).
+"""One measurement in a fresh process (run by bench.run), reporting its own CPU seconds and peak RSS.
 
-Imports of boto3 and pyarrow happen inside the measured functions, never at module level, so the
-import figures start from a bare interpreter.
+Imports of boto3, pyarrow and duckdb happen inside the measured functions, never at module level, so
+the import figures start from a bare interpreter. CPU seconds are this process's user + system time
+(getrusage RUSAGE_SELF: every thread, the transformer's background writer included) over the measured
+call only; the parent also takes the whole process's from wait4.
 """
 
 # ruff: noqa: PLC0415 - imports inside functions are what this file measures
@@ -11,6 +13,7 @@ import argparse
 import importlib.util
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -21,6 +24,13 @@ from urllib.parse import quote_plus
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULT_MARK = "BENCH_RESULT "
+LOOP_MARK = "BENCH_LOOP "
+# The contract's types for DuckDB's reader (CONTRACT.md, processed table): the yardstick converts only.
+DUCKDB_COLUMNS = (
+    "{'transaction_id': 'VARCHAR', 'timestamp': 'TIMESTAMPTZ', 'customer_id': 'VARCHAR', "
+    "'product_id': 'VARCHAR', 'product_name': 'VARCHAR', 'category': 'VARCHAR', "
+    "'quantity': 'INTEGER', 'price': 'DECIMAL(10,2)', 'total_amount': 'DECIMAL(10,2)'}"
+)
 
 
 def load_handler(name: str) -> ModuleType:
@@ -40,9 +50,9 @@ def load_handler(name: str) -> ModuleType:
     return module
 
 
-def s3_event(bucket: str, key: str) -> dict[str, Any]:
-    """An ObjectCreated:Put notification for one key, URL-encoded as S3 sends it."""
-    return {
+def s3_event(bucket: str, key: str, *, force: bool = False) -> dict[str, Any]:
+    """An ObjectCreated:Put notification for one key, URL-encoded as S3 sends it; `force` is a replay."""
+    event: dict[str, Any] = {
         "Records": [
             {
                 "eventSource": "aws:s3",
@@ -51,19 +61,34 @@ def s3_event(bucket: str, key: str) -> dict[str, Any]:
             }
         ]
     }
+    if force:
+        event["force"] = True
+    return event
 
 
-def _import_impl(impl: str) -> tuple[Any, float]:
-    """The implementation's callable (bucket, key) -> rows, and the seconds its import took."""
+def cpu_seconds() -> float:
+    """User + system CPU of this process so far, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _import_impl(impl: str, *, warm_client: bool = True) -> tuple[Any, float]:
+    """The implementation's callable (bucket, key) -> rows, and the seconds its import took. With
+    `client`, the transformer's S3 client is created here too (the reference always creates its own);
+    without, its first invocation creates it, as on Lambda."""
     started = time.perf_counter()
     if impl == "transformer":
         module = load_handler("transformer")
-        module.s3_client()
+        if warm_client:
+            module.s3_client()
         elapsed = time.perf_counter() - started
 
-        def run(bucket: str, key: str) -> Any:
-            result = module.lambda_handler(s3_event(bucket, key), None)
-            return result["processed"][0]["rows_written"]
+        def run(bucket: str, key: str) -> dict[str, int]:
+            # "force": the benchmark processes one object many times; without it, the state under state/
+            # would make every run after the first a redelivery, skipped.
+            result = module.lambda_handler(s3_event(bucket, key, force=True), None)
+            (summary,) = result["processed"]
+            return {"rows": summary["rows_written"], "quarantined": summary["quarantined"]}
 
         return run, elapsed
     import boto3
@@ -72,7 +97,7 @@ def _import_impl(impl: str) -> tuple[Any, float]:
 
     client = boto3.client("s3")
     elapsed = time.perf_counter() - started
-    return (lambda bucket, key: reference.transform(client, bucket, key)), elapsed
+    return (lambda bucket, key: {"rows": reference.transform(client, bucket, key), "quarantined": 0}), elapsed
 
 
 def measure_imports(impl: str) -> dict[str, Any]:
@@ -93,9 +118,14 @@ def measure_imports(impl: str) -> dict[str, Any]:
 
 
 def measure_work(impl: str, bucket: str, keys: list[str], profile: str | None) -> dict[str, Any]:
-    """Time the last key; the ones before it are processed first, untimed (a warm function)."""
-    run, import_s = _import_impl(impl)
+    """Time and CPU of the last key; the ones before it are processed first, untimed (a warm function).
+
+    With one key only, the measured call is a cold start's first invocation: it creates the S3 client.
+    """
     *warmups, key = keys
+    started_cpu = cpu_seconds()
+    run, import_s = _import_impl(impl, warm_client=bool(warmups))
+    import_cpu_s = cpu_seconds() - started_cpu
     for warmup in warmups:
         run(bucket, warmup)
     profiler: Any = None
@@ -104,13 +134,42 @@ def measure_work(impl: str, bucket: str, keys: list[str], profile: str | None) -
 
         profiler = Profiler(interval=0.005)
         profiler.start()
-    started = time.perf_counter()
-    rows = run(bucket, key)
-    work_s = time.perf_counter() - started
+    cpu_before, started = cpu_seconds(), time.perf_counter()
+    counts = run(bucket, key)
+    work_s, work_cpu_s = time.perf_counter() - started, cpu_seconds() - cpu_before
     if profiler is not None:
         profiler.stop()
         Path(str(profile)).write_text(profiler.output_text(unicode=True, color=False, show_all=False))
-    return {"import_s": import_s, "work_s": work_s, "rows": rows}
+    return {
+        "import_s": import_s,
+        "import_cpu_s": import_cpu_s,
+        "work_s": work_s,
+        "work_cpu_s": work_cpu_s,
+        **counts,
+    }
+
+
+def measure_duckdb(source: str, target: str) -> dict[str, Any]:
+    """DuckDB's single-threaded JSON Lines -> Parquet conversion of a local file: the contract's types,
+    no derived columns, no rules. The yardstick beside the transformer's figures."""
+    started_cpu = cpu_seconds()
+    import duckdb
+    import pyarrow.parquet as pq
+
+    con = duckdb.connect()
+    con.execute("SET threads = 1")
+    import_cpu_s = cpu_seconds() - started_cpu
+    sql = (
+        f"COPY (SELECT * FROM read_json('{source}', format = 'newline_delimited', "  # noqa: S608 - our paths
+        f"columns = {DUCKDB_COLUMNS})) TO '{target}' (FORMAT parquet, COMPRESSION snappy)"
+    )
+    cpu_before, started = cpu_seconds(), time.perf_counter()
+    con.execute(sql)
+    work_s, work_cpu_s = time.perf_counter() - started, cpu_seconds() - cpu_before
+    con.close()
+    rows = pq.read_metadata(target).num_rows
+    Path(target).unlink()
+    return {"import_cpu_s": import_cpu_s, "work_s": work_s, "work_cpu_s": work_cpu_s, "rows": rows}
 
 
 def measure_small(impl: str, bucket: str, keys: list[str]) -> dict[str, Any]:
@@ -123,6 +182,59 @@ def measure_small(impl: str, bucket: str, keys: list[str]) -> dict[str, Any]:
         times.append(time.perf_counter() - started)
     warm = times[1:]
     return {"import_s": import_s, "first_s": times[0], "median_s": statistics.median(warm), "n": len(warm)}
+
+
+def check_outputs(s3: Any, bucket: str, summary: dict[str, Any]) -> None:
+    """Every Parquet output of one invocation reads back whole and valid, with the rows it reported."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = 0
+    for key in summary["outputs"]:
+        if not key.endswith(".parquet"):
+            continue
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        table = pq.read_table(pa.BufferReader(body))
+        table.validate(full=True)
+        rows += table.num_rows
+    if rows != summary["rows_written"]:
+        raise AssertionError(
+            f"the Parquet outputs hold {rows} rows, the handler reported {summary['rows_written']}"
+        )
+
+
+def reliability_loop(bucket: str, keys: list[str], expected: list[int], runs: int) -> dict[str, Any]:
+    """`runs` rounds, each invoking the handler once per key with "force": true, in this one process (a
+    warm container: one module, one client). One line per invocation, flushed, so that a crash still
+    leaves the runs before it; each output is read back and checked after the timed call."""
+    import boto3
+
+    module = load_handler("transformer")
+    s3 = boto3.client("s3")
+    failures = 0
+    for round_ in range(runs):
+        for key, records in zip(keys, expected, strict=True):
+            entry: dict[str, Any] = {"round": round_, "key": key}
+            started = time.perf_counter()
+            try:
+                result = module.lambda_handler(s3_event(bucket, key, force=True), None)
+                entry["s"] = time.perf_counter() - started
+                (summary,) = result["processed"]
+                if summary["records_read"] != records or summary["rows_written"] != records:
+                    raise AssertionError(
+                        f"{records} records expected; read {summary['records_read']}, "
+                        f"written {summary['rows_written']}, quarantined {summary['quarantined']}"
+                    )
+                check_outputs(s3, bucket, summary)
+                entry["ok"] = True
+            except Exception as e:  # every failure is the figure: counted and shown
+                entry.setdefault("s", time.perf_counter() - started)
+                entry["ok"] = False
+                entry["error"] = f"{type(e).__name__}: {e}"[:500]
+                failures += 1
+            sys.stdout.write(LOOP_MARK + json.dumps(entry) + "\n")
+            sys.stdout.flush()
+    return {"failures": failures}
 
 
 def peak_rss_mib() -> float:
@@ -139,16 +251,24 @@ def peak_rss_mib() -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["imports", "work", "small"])
-    parser.add_argument("--impl", choices=["transformer", "reference"], required=True)
+    parser.add_argument("mode", choices=["imports", "work", "small", "duckdb", "loop"])
+    parser.add_argument("--impl", choices=["transformer", "reference"], default="transformer")
     parser.add_argument("--bucket", default="")
     parser.add_argument("--key", action="append", default=[])
+    parser.add_argument("--expect", action="append", type=int, default=[], help="loop: records per key")
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--source", default="", help="duckdb: the JSON Lines file")
+    parser.add_argument("--target", default="", help="duckdb: the Parquet file to write (deleted after)")
     parser.add_argument("--profile", default=None)
     args = parser.parse_args(argv)
     if args.mode == "imports":
         result = measure_imports(args.impl)
     elif args.mode == "work":
         result = measure_work(args.impl, args.bucket, args.key, args.profile)
+    elif args.mode == "duckdb":
+        result = measure_duckdb(args.source, args.target)
+    elif args.mode == "loop":
+        result = reliability_loop(args.bucket, args.key, args.expect, args.runs)
     else:
         result = measure_small(args.impl, args.bucket, args.key)
     result["peak_rss_mib"] = peak_rss_mib()

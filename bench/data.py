@@ -13,6 +13,7 @@ from local import lambdas
 
 ROOT = Path(__file__).resolve().parent.parent
 CHUNK_RECORDS = 10_000
+MIB = 1024 * 1024
 DAY = datetime(2026, 11, 25, tzinfo=UTC)
 DAY_SPAN = timedelta(days=1) - timedelta(minutes=10)
 
@@ -76,6 +77,36 @@ def malformed_file(clean: Path, every: int = 100) -> Path:
                 out.write(line.replace(b'": ', b'" ', 1))
     partial.replace(path)
     return path
+
+
+def race_file(source: Path, block_bytes: int = 8 * MIB, tail_bytes: int = 64 * 1024) -> Path:
+    """The first lines of `source` that make an object of whole blocks plus about `tail_bytes`: as many
+    blocks of `block_bytes` as the source allows, then a small last block after the big ones (the race of
+    issue 8: the transformer reads 8 MiB blocks, and wrote a small last block while the background thread
+    was still writing the one before)."""
+    blocks = (source.stat().st_size - tail_bytes) // block_bytes
+    if blocks < 1:
+        raise ValueError(f"{source} is too small to end in a small block after a {block_bytes}-byte one")
+    path = source.with_name(f"{source.stem}-race-{blocks}x{block_bytes}+{tail_bytes}.json")
+    if path.exists():
+        return path
+    target = blocks * block_bytes + tail_bytes
+    written = 0
+    partial = path.with_suffix(".partial")
+    with source.open("rb") as src, partial.open("wb") as out:
+        for line in src:
+            out.write(line)
+            written += len(line)
+            if written >= target:
+                break
+    partial.replace(path)
+    return path
+
+
+def line_count(path: Path) -> int:
+    """Lines in a file (every line of the benchmark's files ends in a newline)."""
+    with path.open("rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(MIB), b""))
 
 
 def small_bodies(count: int, seed: int) -> list[tuple[str, bytes]]:
