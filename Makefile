@@ -10,12 +10,13 @@ TOOLS_STAMP  := $(TOOLS_VENV)/.installed
 IMAGES_VENV  := .venv-images
 IMAGES_STAMP := $(IMAGES_VENV)/.installed
 
-.PHONY: help venv tools lint format typecheck test demo bench images architecture deploy destroy clean
+.PHONY: help venv tools lint format typecheck test demo bench cost images architecture deploy destroy clean
 
 help:
 	@echo "make test    - lint, type-check and run every test (creates .venv and .venv-tools)"
 	@echo "make demo    - run the whole pipeline locally on an embedded S3 (creates .venv)"
 	@echo "make bench   - performance benchmark (make bench ARGS=--quick for a short run)"
+	@echo "make cost    - the monthly AWS bill, priced from a simulated day of the real handlers (creates .venv)"
 	@echo "make images  - redraw images/architecture.png (needs graphviz; installed with apt-get as root)"
 	@echo "make deploy  - deploy the stack to AWS: make deploy BUCKET=<new bucket> EMAIL=<alerts address>"
 	@echo "make destroy - delete the stack (the data bucket is kept)"
@@ -62,6 +63,9 @@ demo: venv
 
 bench: venv
 	$(BIN)/python -m bench.run $(ARGS)
+
+cost: venv
+	$(BIN)/python -m tools.cost $(ARGS)
 
 $(IMAGES_STAMP): infra/requirements-diagram.txt
 	$(PYTHON) -m venv $(IMAGES_VENV)

@@ -218,13 +218,16 @@ def partition(day: date) -> str:
 
 
 def extrapolate(small: float, sampled: float, small_files: int, sampled_files: int) -> float:
-    """The value for a day of 288 files, on the line through two runs over fewer files."""
+    """The value for a day of 288 files, on the line through two runs over fewer files.
+
+    Never less than the larger run's: noise in a measured time can tilt the line the wrong way.
+    """
     if sampled_files == TICKS_PER_DAY:
         return sampled
     if sampled_files == small_files:
         raise ValueError("two runs over the same number of files give no line")
     slope = (sampled - small) / (sampled_files - small_files)
-    return sampled + slope * (TICKS_PER_DAY - sampled_files)
+    return max(sampled, sampled + slope * (TICKS_PER_DAY - sampled_files))
 
 
 def _list(s3: S3Client, bucket: str) -> list[tuple[str, int]]:
