@@ -257,6 +257,20 @@ def summary_table(results: Sequence[tuple[Day, Bills]]) -> str:
     return markdown_table(header, rows, left=0)
 
 
+def athena_table(days: Sequence[Day]) -> str:
+    """MB each query reads per day of data held: once compacted / as the transformer's files."""
+    header = ["query", *(f"{d.rate:,}/run" for d in days)]
+    rows = []
+    for query in days[0].athena_per_day:
+        cells = []
+        for day in days:
+            compacted = sum(day.athena_compacted_per_day[query].values()) / p.MB
+            loose = sum(day.athena_per_day[query].values()) / p.MB
+            cells.append(f"{compacted:.3g} / {loose:.3g}")
+        rows.append([query, *cells])
+    return markdown_table(header, rows)
+
+
 def measured_lines(days: Sequence[Day], init_cpu: Mapping[str, float], stack: Stack) -> list[str]:
     out = []
     for day in days:
@@ -308,6 +322,8 @@ def print_report(
         print("\n".join(requests_lines(day)))
     print("\n## Summary: USD a month, with the compactor unless marked\n")
     print(summary_table(results))
+    print("\n## Athena: MB a query reads per day of data (compacted / the transformer's files)\n")
+    print(athena_table(days))
     print("\n## Measured, scaled\n")
     print("\n".join(measured_lines(days, init_cpu, stack)))
 

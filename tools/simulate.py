@@ -328,7 +328,7 @@ def _run_compactor(run: _Run, setup: S3Client, compactor: ModuleType) -> None:
     """The daily run for today's sampled files, and a day earlier for a quarter as many (copies)."""
     loose = [(k, s) for k, s in run.after_ticks if k.startswith(partition(run.today))]
     yesterday = run.today - timedelta(days=1)
-    small = len(loose) if len(loose) == TICKS_PER_DAY else max(1, len(loose) // 4)
+    small = max(1, len(loose) // 4)
     for source, _ in loose[:small]:
         copy = partition(yesterday) + source.rsplit("/", 1)[-1]
         setup.copy_object(Bucket=run.bucket, Key=copy, CopySource={"Bucket": run.bucket, "Key": source})
