@@ -352,3 +352,25 @@ def test_the_sample_spreads_over_the_day_and_the_compactor_line_extrapolates():
     assert simulate.extrapolate(10, 40, 6, 24) == pytest.approx(40 + 30 / 18 * 264)
     assert simulate.extrapolate(50, 40, 6, 24) == 40  # never below the larger run
     assert simulate.extrapolate(1, 2, 72, 288) == 2
+
+
+@pytest.mark.parametrize(
+    ("params", "prefix"),
+    [
+        ({"Bucket": BUCKET, "Key": "raw/year=2026/a.json"}, "raw/"),
+        ({"Bucket": BUCKET, "Key": "loose.json"}, metering.NO_PREFIX),
+        ({"Bucket": BUCKET, "Prefix": "state/compaction/dirty/"}, "state/"),
+        ({"Bucket": BUCKET, "Prefix": ""}, metering.BUCKET_LEVEL),
+        ({"Bucket": BUCKET, "Delete": {"Objects": [{"Key": "quarantine/a.jsonl"}]}}, "quarantine/"),
+        ({"Bucket": BUCKET}, metering.BUCKET_LEVEL),
+    ],
+)
+def test_a_call_is_filed_under_the_top_level_folder_it_touches(params, prefix):
+    assert metering.call_prefix(params) == prefix
+
+
+def test_a_file_that_is_not_parquet_is_a_named_error():
+    with pytest.raises(athena_scan.QueryScanError, match=r"x\.parquet: not a Parquet file"):
+        athena_scan.parquet_file("x.parquet", ("year",), 10, b"0123456789")
+    with pytest.raises(athena_scan.QueryScanError, match="footer"):
+        athena_scan.parquet_file("y.parquet", ("year",), 8, (1000).to_bytes(4, "little") + b"PAR1")
