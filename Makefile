@@ -10,12 +10,13 @@ TOOLS_STAMP  := $(TOOLS_VENV)/.installed
 IMAGES_VENV  := .venv-images
 IMAGES_STAMP := $(IMAGES_VENV)/.installed
 
-.PHONY: help venv tools lint format typecheck test demo bench images charts architecture console-files deploy destroy clean
+.PHONY: help venv tools lint format typecheck test demo bench cost images charts architecture console-files deploy destroy clean
 
 help:
 	@echo "make test          - lint, type-check and run every test (creates .venv and .venv-tools)"
 	@echo "make demo          - run the whole pipeline locally on an embedded S3; output in local/out/ (creates .venv)"
 	@echo "make bench         - performance figures, docs/performance.md (ARGS=--quick: smoke run; ARGS=--loop: the 50-run loop)"
+	@echo "make cost          - the monthly AWS bill, priced from a simulated day of the real handlers (creates .venv)"
 	@echo "make images        - redraw the committed pictures in images/ (the diagram needs graphviz: apt-get as root)"
 	@echo "make console-files - the console path's files filled in, in build/console/:"
 	@echo "                     make console-files BUCKET=<bucket> ACCOUNT=<12 digits> [REGION=us-east-1]"
@@ -64,6 +65,9 @@ demo: venv
 
 bench: venv
 	$(BIN)/python -m bench.run $(ARGS)
+
+cost: venv
+	$(BIN)/python -m tools.cost $(ARGS)
 
 $(IMAGES_STAMP): infra/requirements-diagram.txt
 	$(PYTHON) -m venv $(IMAGES_VENV)
