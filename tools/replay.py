@@ -237,7 +237,9 @@ def cmd_rebuild(rt: Runtime, args: argparse.Namespace) -> int:
     # In process the handlers have finished already: one look at the states, no waiting.
     timeout = args.wait_timeout if rt.invoker.asynchronous else 0
     states, pending = wait_for_states(rt, bucket, accepted, timeout)
-    if rt.invoker.asynchronous:
+    if not rt.invoker.asynchronous:
+        pending = []  # the handlers returned: a key with no state was skipped (its raw object is gone)
+    else:
         print(f"transformer finished {len(states)} of {len(accepted)} accepted invocations")
         if pending:
             print(

@@ -45,18 +45,19 @@ _DAY_RE = re.compile(r"(?:^|/)year=([0-9]{4})/month=([0-9]{2})/day=([0-9]{2})/")
 _COMPACTED_RE = re.compile(r"compacted-[0-9]{8}(?:-p[0-9]{2,})?\.parquet")
 _HASHED_NAME_RE = re.compile(r"-([0-9a-f]{12})\.(?:parquet|jsonl)$")
 
-# The IAM action each API call needs: the error messages name it, and a test checks that the operator
-# policy grants exactly the actions of the calls this tool makes.
-IAM_ACTIONS = {
-    "ListObjectsV2": "s3:ListBucket",
-    "GetObject": "s3:GetObject",
-    "PutObject": "s3:PutObject",
-    "DeleteObject": "s3:DeleteObject",
-    "Invoke": "lambda:InvokeFunction",
-    "GetQueueUrl": "sqs:GetQueueUrl",
-    "ReceiveMessage": "sqs:ReceiveMessage",
-    "DeleteMessage": "sqs:DeleteMessage",
-    "ChangeMessageVisibility": "sqs:ChangeMessageVisibility",
+# The IAM actions each API call needs: the error messages name them, and a test checks that the operator
+# policy grants exactly the actions of the calls this tool makes. A conditional delete (If-Match) also
+# needs s3:GetObject on the object.
+IAM_ACTIONS: dict[str, tuple[str, ...]] = {
+    "ListObjectsV2": ("s3:ListBucket",),
+    "GetObject": ("s3:GetObject",),
+    "PutObject": ("s3:PutObject",),
+    "DeleteObject": ("s3:DeleteObject", "s3:GetObject"),
+    "Invoke": ("lambda:InvokeFunction",),
+    "GetQueueUrl": ("sqs:GetQueueUrl",),
+    "ReceiveMessage": ("sqs:ReceiveMessage",),
+    "DeleteMessage": ("sqs:DeleteMessage",),
+    "ChangeMessageVisibility": ("sqs:ChangeMessageVisibility",),
 }
 _DENIED = {"AccessDenied", "AccessDeniedException", "403", "Forbidden", "AuthorizationError"}
 
@@ -75,8 +76,8 @@ def describe(error: ClientError, what: str) -> str:
     message = str(error.response.get("Error", {}).get("Message", "")) or str(error)
     operation = error.operation_name
     if code in _DENIED:
-        action = IAM_ACTIONS.get(operation, operation)
-        return f"{what}: access denied: this needs {action} (see {POLICY_FILE}): {message}"
+        actions = " and ".join(IAM_ACTIONS.get(operation, (operation,)))
+        return f"{what}: access denied: this needs {actions} (see {POLICY_FILE}): {message}"
     if code == "NoSuchBucket":
         return f"{what}: the bucket does not exist (check --bucket and --region)"
     if code == "ResourceNotFoundException":
