@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 import boto3
 from botocore.config import Config as BotoConfig
@@ -222,6 +222,9 @@ def cmd_rebuild(rt: Runtime, args: argparse.Namespace) -> int:
         print(json.dumps(replay_event(bucket, objects[0], rt.region), indent=2))
         for obj in objects:
             print(f"  would invoke {name} for {obj.key} ({obj.size} bytes, ETag {obj.etag})")
+        if not args.no_compact and not (rt.invoker.asynchronous and args.no_wait):
+            wait = "wait for the transformer, then " if rt.invoker.asynchronous else ""
+            print(f"then: {wait}invoke {rt.invoker.name('compactor')} for the days its outputs are in")
         return 0
     limiter = RateLimiter(args.rate, rt.monotonic, rt.sleep)
     tally, accepted = invoke_transformer(rt, bucket, objects, limiter)
@@ -243,8 +246,8 @@ def cmd_rebuild(rt: Runtime, args: argparse.Namespace) -> int:
         print(f"transformer finished {len(states)} of {len(accepted)} accepted invocations")
         if pending:
             print(
-                f"  {len(pending)} not finished after {args.wait_timeout:g} s (still retrying, or failed: "
-                "see python -m tools.replay redrive --dry-run); the first:"
+                f"  {len(pending)} not finished after {args.wait_timeout:g} s (still retrying; or failed, "
+                "see python -m tools.replay redrive --dry-run; or the raw object was deleted); the first:"
             )
             for key in pending[:SHOWN]:
                 print(f"    {key}")
@@ -579,15 +582,18 @@ def parse_record(body: str) -> tuple[dict[str, Any] | None, str]:
 
 
 def _record_line(record: dict[str, Any]) -> str:
-    context = record.get("requestContext") or {}
-    payload = record["requestPayload"]
-    keys = [
-        str(r.get("s3", {}).get("object", {}).get("key"))
-        for r in payload.get("Records", [])
-        if isinstance(r, dict)
-    ]
+    """What a record says, for a person: why it failed, after how many attempts, for which keys."""
+    context = record.get("requestContext")
+    context = context if isinstance(context, dict) else {}
+    records = record["requestPayload"].get("Records")
+    keys = []
+    for item in records if isinstance(records, list) else []:
+        try:
+            keys.append(unquote_plus(str(item["s3"]["object"]["key"])))
+        except (KeyError, TypeError):
+            keys.append("?")
     error = record.get("responsePayload")
-    message = error.get("errorMessage", "") if isinstance(error, dict) else ""
+    message = str(error.get("errorMessage", "")) if isinstance(error, dict) else ""
     return (
         f"{context.get('condition', '?')} after {context.get('approximateInvokeCount', '?')} attempts, "
         f"keys {keys or '?'}" + (f": {message[:200]}" if message else "")
@@ -626,9 +632,15 @@ class Redrive:
                     break
                 for message in messages:
                     # A standard queue may deliver a message twice: the second copy is left alone.
-                    if message["MessageId"] in seen or not self.one(message):
-                        left.append(message["ReceiptHandle"])
+                    duplicate = message["MessageId"] in seen
                     seen.add(message["MessageId"])
+                    try:
+                        deleted = not duplicate and self.one(message)
+                    except BaseException:
+                        left.append(message["ReceiptHandle"])
+                        raise
+                    if not deleted:
+                        left.append(message["ReceiptHandle"])
         finally:
             for handle in left:
                 with aws_errors(f"making a message visible again in the queue {self.queue_url}"):
@@ -645,7 +657,8 @@ class Redrive:
             print(f"  left {message_id}: {problem}")
             self.counts["malformed"] += 1
             return False
-        arn = str((record.get("requestContext") or {}).get("functionArn", ""))
+        context = record.get("requestContext")
+        arn = str(context.get("functionArn", "")) if isinstance(context, dict) else ""
         origin = arn.split(":")[6] if arn.count(":") >= 6 else self.name
         if origin != self.name:
             print(f"  left {message_id}: a record of function {origin}, not {self.name}")

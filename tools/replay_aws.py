@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -198,6 +199,8 @@ def delete_if_unchanged(s3: S3Client, bucket: str, obj: S3Obj) -> Literal["delet
         if error_code(e) in ("PreconditionFailed", "412"):
             return "changed"
         raise ReplayError(describe(e, f"deleting s3://{bucket}/{obj.key}")) from e
+    except BotoCoreError as e:
+        raise ReplayError(f"deleting s3://{bucket}/{obj.key}: {e}") from e
     return "deleted"
 
 
@@ -310,6 +313,8 @@ def _put_state(s3: S3Client, bucket: str, key: str, document: dict[str, Any], if
         if error_code(e) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
             return None
         raise ReplayError(describe(e, f"writing s3://{bucket}/{key}")) from e
+    except BotoCoreError as e:
+        raise ReplayError(f"writing s3://{bucket}/{key}: {e}") from e
     return str(response["ETag"]).strip('"')
 
 
@@ -406,11 +411,16 @@ class _RangeFile(io.RawIOBase):
 def read_manifest(s3: S3Client, bucket: str, obj: S3Obj) -> list[dict[str, Any]]:
     """The manifest entries ({key, etag, rows, source_key?}) in a compacted file's Parquet footer."""
     where = f"s3://{bucket}/{obj.key}"
-    with aws_errors(f"reading the footer of {where}"):
-        try:
-            metadata = pq.read_metadata(_RangeFile(s3, bucket, obj)).metadata or {}
-        except OSError as e:
-            raise ReplayError(f"{where} is not a readable Parquet file: {e}") from e
+    try:
+        metadata = pq.read_metadata(_RangeFile(s3, bucket, obj)).metadata or {}
+    except ClientError as e:
+        if error_code(e) in ("NoSuchKey", "404", "PreconditionFailed", "412"):
+            raise ReplayError(f"{where} changed since it was listed (the compactor ran?): run again") from e
+        raise ReplayError(describe(e, f"reading the footer of {where}")) from e
+    except BotoCoreError as e:
+        raise ReplayError(f"reading the footer of {where}: {e}") from e
+    except (OSError, pa.ArrowException) as e:
+        raise ReplayError(f"{where} is not a readable Parquet file: {e}") from e
     raw = metadata.get(MANIFEST_KEY)
     if raw is None:
         raise ReplayError(f"{where} has a compacted file's name but no {MANIFEST_KEY.decode()} in its footer")
