@@ -8,6 +8,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from moto.moto_api._internal.models import moto_api_backend
 from moto.server import ThreadedMotoServer
 
 _logger = logging.getLogger(__name__)
@@ -49,6 +50,9 @@ def moto_s3(port: int = 0) -> Iterator[str]:
     try:
         host, bound = server.get_host_and_port()
         endpoint = f"http://{host}:{bound}"
+        # moto keeps its data in this process: a second server started here would see the first one's
+        # buckets. Every embedded S3 starts empty, as a fresh `make demo` does.
+        moto_api_backend.reset()
         _logger.debug("moto server started", extra={"endpoint": endpoint})
         yield endpoint
     finally:

@@ -69,9 +69,7 @@ def test_the_bare_reference_writes_the_same_rows_and_types_as_the_transformer(
         return pq.read_table(io.BytesIO(s3.get_object(Bucket=BUCKET, Key=k)["Body"].read()))
 
     ours = table("bench-reference/transactions-20261125T120000Z-0000012c.parquet")
-    theirs = table(
-        "processed/transactions/year=2026/month=11/day=25/transactions-20261125T120000Z-0000012c.parquet"
-    )
+    theirs = table(f"processed/transactions/year=2026/month=11/day=25/{transformer.output_name(key)}.parquet")
     assert rows == 300
     assert ours.schema.remove_metadata().equals(theirs.schema.remove_metadata())
     assert ours.equals(theirs)

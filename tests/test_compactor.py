@@ -458,8 +458,9 @@ def test_real_pipeline_redelivery_after_compaction_leaves_every_raw_record_once(
     s3, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ):
     """GIVEN a day written by the real generator and transformer and compacted, WHEN S3 redelivers the
-    event of one raw file, THEN the transformer's rewrite is byte-identical (same ETag) to the copy inside
-    the compacted file, so the next run only deletes it and each raw record is in the table once."""
+    event of one raw file, THEN the transformer skips content it already processed, so nothing is written
+    and each raw record is in the table once; WHEN a replay forces it, the rewrite is byte-identical (same
+    ETag) to the copy inside the compacted file, so the next run only deletes it."""
     generator, transformer = load_lambda("generator"), load_lambda("transformer")
     monkeypatch.setattr(transformer, "s3_client", lambda: s3)
     run_config = generator.Config(bucket=BUCKET, transactions_per_run=3, seed=42)
@@ -472,14 +473,18 @@ def test_real_pipeline_redelivery_after_compaction_leaves_every_raw_record_once(
         raw_keys.append(key)
     expected = what_a_query_sees(s3)
     compactor.compact_day(s3, config(), DAY)
-    stem = raw_keys[3].rsplit("/", 1)[1].removesuffix(".json")
+    name = transformer.output_name(raw_keys[3])
 
-    transformer.lambda_handler(s3_event(BUCKET, raw_keys[3]), None)
+    redelivered = transformer.lambda_handler(s3_event(BUCKET, raw_keys[3]), None)
+    assert redelivered["processed"] == []
+    assert keys(s3) == [COMPACTED]
+    forced = transformer.lambda_handler({**s3_event(BUCKET, raw_keys[3]), "force": True}, None)
+    assert len(forced["processed"]) == 1
     assert what_a_query_sees(s3).num_rows > expected.num_rows  # the window until the next run
     result = compactor.compact_day(s3, config(), DAY)
 
     assert result["action"] == "finished"
     assert keys(s3) == [COMPACTED]
     assert sorted_rows(what_a_query_sees(s3)).equals(sorted_rows(expected))
-    assert stem in {s["key"].rsplit("/", 1)[1].removesuffix(".parquet") for s in manifest_of(s3)["sources"]}
+    assert name in {s["key"].rsplit("/", 1)[1].removesuffix(".parquet") for s in manifest_of(s3)["sources"]}
     capsys.readouterr()

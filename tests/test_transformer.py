@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import json
 import logging
@@ -27,7 +28,7 @@ gen = load_lambda("generator")
 
 RUN = datetime(2026, 11, 25, 14, 5, tzinfo=UTC)
 RAW_KEY = "raw/year=2026/month=11/day=25/transactions-20261125T140500Z-1a2b3c4d.json"
-STEM = "transactions-20261125T140500Z-1a2b3c4d"
+STEM = tr.output_name(RAW_KEY)  # <stem>-<12 hex of SHA-256 of the raw key>
 
 
 @pytest.fixture(autouse=True)
@@ -114,7 +115,7 @@ def records_in(body: bytes) -> int:
 
 def assert_reconciles(s3, raw_key: str) -> None:
     """The contract's invariant: rows in processed + lines in quarantine = records read."""
-    stem = raw_key.rsplit("/", 1)[-1].removesuffix(".json")
+    stem = tr.output_name(raw_key)
     body = s3.get_object(Bucket=BUCKET, Key=raw_key)["Body"].read()
     rows = sum(t.num_rows for t in processed(s3, stem).values())
     assert rows + len(quarantined(s3, stem)) == records_in(body)
@@ -131,11 +132,17 @@ def reasons(entries: list[dict[str, Any]]) -> list[tuple[int, str]]:
     return [(e["line"], e["reason"]) for e in entries]
 
 
-def fail_first(client, operation: str, status: int, code: str, times: int) -> list[int]:
-    """Make the next `times` calls of `operation` answer with an S3 error, before moto sees them."""
+def fail_first(client, operation: str, status: int, code: str, times: int, *, prefix: str = "") -> list[int]:
+    """Make the next `times` calls of `operation` on keys under `prefix` answer with an S3 error, before
+    moto sees them."""
     calls: list[int] = []
 
     def handler(request, **kwargs):
+        if (
+            f"/{BUCKET}/{prefix}" not in request.url
+            and f"{BUCKET}.s3.amazonaws.com/{prefix}" not in request.url
+        ):
+            return None
         calls.append(1)
         if len(calls) > times:
             return None
@@ -252,10 +259,11 @@ def test_rows_spanning_midnight_give_one_parquet_file_per_date(s3):
     key = "raw/year=2026/month=11/day=26/transactions-20261126T000200Z-00c0ffee.json"
     run(s3, key, gen.to_json_lines(records))
     # THEN each row sits in the partition of its own timestamp's date
-    tables = processed(s3, "transactions-20261126T000200Z-00c0ffee")
+    name = tr.output_name(key)
+    tables = processed(s3, name)
     assert sorted(tables) == [
-        "processed/transactions/year=2026/month=11/day=25/transactions-20261126T000200Z-00c0ffee.parquet",
-        "processed/transactions/year=2026/month=11/day=26/transactions-20261126T000200Z-00c0ffee.parquet",
+        f"processed/transactions/year=2026/month=11/day=25/{name}.parquet",
+        f"processed/transactions/year=2026/month=11/day=26/{name}.parquet",
     ]
     for key_name, table in tables.items():
         day = date(*(int(part.split("=")[1]) for part in key_name.split("/")[2:5]))
@@ -289,7 +297,7 @@ def test_windows_line_endings_are_read(s3):
 def test_a_file_holding_one_json_object_is_one_record(s3):
     key = "raw/manual/one-order.json"
     run(s3, key, json.dumps(record(), indent=2))
-    table = next(iter(processed(s3, "one-order").values()))
+    table = next(iter(processed(s3, tr.output_name(key)).values()))
     assert table.num_rows == 1
 
 
@@ -297,16 +305,16 @@ def test_a_file_holding_one_json_array_is_one_record_per_element(s3):
     key = "raw/manual/orders.json"
     elements = [record(transaction_id=f"arr-{i}") for i in range(3)] + [["not", "an", "object"]]
     run(s3, key, json.dumps(elements, indent=2))
-    assert next(iter(processed(s3, "orders").values())).num_rows == 3
-    assert reasons(quarantined(s3, "orders")) == [(4, "not_an_object")]
+    assert next(iter(processed(s3, tr.output_name(key)).values())).num_rows == 3
+    assert reasons(quarantined(s3, tr.output_name(key))) == [(4, "not_an_object")]
 
 
-def test_hand_uploads_outside_a_date_partition_quarantine_under_the_processing_date(s3):
+def test_hand_uploads_outside_a_date_partition_quarantine_under_their_last_modified_date(s3):
     key = "raw/manual/bad.json"
     run(s3, key, "not json at all\n")
-    today = datetime.now(UTC).date()
+    uploaded = s3.head_object(Bucket=BUCKET, Key=key)["LastModified"].astimezone(UTC).date()
     assert keys(s3, "quarantine/") == [
-        f"quarantine/year={today:%Y}/month={today:%m}/day={today:%d}/bad.jsonl",
+        f"quarantine/year={uploaded:%Y}/month={uploaded:%m}/day={uploaded:%d}/{tr.output_name(key)}.jsonl",
     ]
 
 
@@ -531,8 +539,9 @@ def test_url_encoded_keys_are_decoded_before_use(s3, key):
     # S3 sends spaces as +, and =, + and non-ASCII percent-encoded; the sample event shows it
     assert "%3D" in load_event("s3_put_event.json")["Records"][0]["s3"]["object"]["key"]
     run(s3, key, "\n".join(good_lines(2)))
-    stem = key.rsplit("/", 1)[-1].removesuffix(".json")
-    assert keys(s3, "processed/") == [f"processed/transactions/year=2026/month=11/day=25/{stem}.parquet"]
+    name = tr.output_name(key)
+    assert name.startswith(key.rsplit("/", 1)[-1].removesuffix(".json") + "-")
+    assert keys(s3, "processed/") == [f"processed/transactions/year=2026/month=11/day=25/{name}.parquet"]
 
 
 def test_the_sample_put_event_processes_its_object(s3):
@@ -607,8 +616,14 @@ def test_output_goes_to_bucket_name_when_it_is_set(s3, monkeypatch):
     monkeypatch.setenv("BUCKET_NAME", "output-bucket")
     put(s3, RAW_KEY, "\n".join(good_lines(2)))
     tr.lambda_handler(s3_event(RAW_KEY), None)
-    listed = s3.list_objects_v2(Bucket="output-bucket")["Contents"]
-    assert [o["Key"] for o in listed] == [f"processed/transactions/year=2026/month=11/day=25/{STEM}.parquet"]
+    listed = [o["Key"] for o in s3.list_objects_v2(Bucket="output-bucket")["Contents"]]
+    assert listed == [
+        f"processed/transactions/year=2026/month=11/day=25/{STEM}.parquet",
+        # 2026-11-25 is a past day, which the compactor may have compacted already: it gets a marker
+        tr.dirty_marker_key(date(2026, 11, 25)),
+        tr.state_key(RAW_KEY),
+    ]
+    assert keys(s3) == [RAW_KEY]
 
 
 # --- failures raise so that Lambda retries ----------------------------------------------------------
@@ -619,7 +634,7 @@ def test_s3_throttling_is_retried_by_the_clients_retry_configuration(s3):
     put(s3, RAW_KEY, "\n".join(good_lines(3)))
     client = tr.s3_client()
     assert client.meta.config.retries == {"mode": "standard", "total_max_attempts": 6}
-    calls = fail_first(client, "GetObject", 503, "SlowDown", times=2)
+    calls = fail_first(client, "GetObject", 503, "SlowDown", times=2, prefix="raw/")
     # WHEN the event is handled
     tr.lambda_handler(s3_event(RAW_KEY), None)
     # THEN the client retried and the file was processed
@@ -638,7 +653,7 @@ def test_access_denied_raises_out_of_the_handler(s3, caplog):
 
 def test_a_failed_write_raises_out_of_the_handler(s3):
     put(s3, RAW_KEY, "\n".join(good_lines(3)))
-    fail_first(tr.s3_client(), "PutObject", 403, "AccessDenied", times=99)
+    fail_first(tr.s3_client(), "PutObject", 403, "AccessDenied", times=99, prefix="processed/")
     with pytest.raises(
         tr.TransformerError, match=r"cannot write s3://.+/processed/transactions/.+: AccessDenied"
     ):
@@ -687,20 +702,44 @@ def test_blocks_are_cut_at_line_boundaries_with_their_first_line_number():
 
 
 @pytest.mark.parametrize(
-    ("key", "stem", "quarantine"),
+    ("key", "name", "quarantine_day"),
     [
-        (RAW_KEY, STEM, f"quarantine/year=2026/month=11/day=25/{STEM}.jsonl"),
-        ("raw/manual/x.json", "x", "quarantine/year=2030/month=01/day=02/x.jsonl"),
+        (RAW_KEY, "transactions-20261125T140500Z-1a2b3c4d-39d1685dec63", "year=2026/month=11/day=25"),
+        # No date in the key: the object's LastModified date, whatever day the retry runs on
+        ("raw/manual/x.json", "x-4b1da59ad04b", "year=2030/month=01/day=02"),
+        # Leading _ and . are dropped (Athena skips such files); the hash still tells the keys apart
+        ("raw/manual/_x.json", "x-67176137a5b7", "year=2030/month=01/day=02"),
+        ("raw/manual/.x.json", "x-e2cd435ae02e", "year=2030/month=01/day=02"),
+        # A name the compactor uses cannot come out: the hash suffix is always there
+        (
+            "raw/year=2026/month=12/day=01/compacted-20261201.json",
+            "compacted-20261201-5e71451c7327",
+            "year=2026/month=12/day=01",
+        ),
+        # An impossible date in the key falls back to LastModified
+        ("raw/year=2026/month=02/day=30/x.json", "x-f528b64358fe", "year=2030/month=01/day=02"),
     ],
 )
-def test_output_keys_derive_only_from_the_raw_key(key, stem, quarantine):
-    plan = tr.plan_outputs(key, date(2030, 1, 2))
-    assert plan.stem == stem
-    assert plan.quarantine_key() == quarantine
+def test_output_keys_derive_only_from_the_raw_key(key, name, quarantine_day):
+    last_modified = datetime(2030, 1, 2, 23, 59, 59, tzinfo=UTC)
+    plan = tr.plan_outputs(key, last_modified)
+    assert hashlib.sha256(key.encode()).hexdigest()[:12] == name.rsplit("-", 1)[1]
+    assert plan.name == name
+    assert plan.quarantine_key() == f"quarantine/{quarantine_day}/{name}.jsonl"
     assert (
         plan.processed_key(date(2026, 1, 9))
-        == f"processed/transactions/year=2026/month=01/day=09/{stem}.parquet"
+        == f"processed/transactions/year=2026/month=01/day=09/{name}.parquet"
     )
+
+
+def test_same_file_name_in_two_folders_gives_two_names_and_long_names_stay_within_s3_limits():
+    assert tr.output_name("raw/year=2026/month=12/day=01/upload.json") != tr.output_name(
+        "raw/manual/upload.json"
+    )
+    long_key = "raw/manual/" + "é" * 400 + ".json"  # 800 bytes of stem
+    plan = tr.plan_outputs(long_key, datetime(2030, 1, 2, tzinfo=UTC))
+    assert len(plan.processed_key(date(2030, 1, 2)).encode()) < 300
+    assert plan.name == "é" * 75 + "-" + hashlib.sha256(long_key.encode()).hexdigest()[:12]
 
 
 # --- duplicate detection state ----------------------------------------------------------------------

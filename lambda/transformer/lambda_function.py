@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -24,9 +25,10 @@ import re
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -221,36 +223,46 @@ def objects_from_event(event: Mapping[str, Any]) -> tuple[list[S3Object], list[d
     return objects, skipped
 
 
-@dataclass(frozen=True)
-class OutputPlan:
-    """Where one raw object's output goes; every key derives only from the raw key."""
+# Every output key derives only from the raw key (and, for an undated key, the raw object's LastModified).
+# <stem>-<h>: two raw files with one file name in different folders never share an output, a raw name can
+# never produce a hidden name (Athena skips _x and .x) nor the compactor's compacted-YYYYMMDD[-pNN].
+STEM_MAX_BYTES = 150  # keeps every output key far below S3's 1,024-byte limit, whatever the raw key
 
-    stem: str
-    quarantine_date: date
 
-    def processed_key(self, day: date) -> str:
-        return f"{PROCESSED_PREFIX}{_partition(day)}/{self.stem}.parquet"
-
-    def quarantine_key(self) -> str:
-        return f"{QUARANTINE_PREFIX}{_partition(self.quarantine_date)}/{self.stem}.jsonl"
+def output_name(raw_key: str) -> str:
+    """`<stem>-<first 12 hex of SHA-256 of the raw key>`, the stem without leading _ or . (CONTRACT.md)."""
+    stem = raw_key.rsplit("/", 1)[-1].removesuffix(".json").lstrip("_.")
+    stem = stem.encode("utf-8")[:STEM_MAX_BYTES].decode("utf-8", errors="ignore")
+    return f"{stem}-{hashlib.sha256(raw_key.encode('utf-8')).hexdigest()[:12]}"
 
 
 def _partition(day: date) -> str:
     return f"year={day.year:04d}/month={day.month:02d}/day={day.day:02d}"
 
 
-def plan_outputs(raw_key: str, processing_date: date) -> OutputPlan:
-    """The stem is the file name without .json; the quarantine date is the raw key's, else today's."""
-    name = raw_key.rsplit("/", 1)[-1]
-    stem = name.removesuffix(".json")
+@dataclass(frozen=True)
+class OutputPlan:
+    """Where one raw object's outputs go."""
+
+    name: str
+    quarantine_date: date
+
+    def processed_key(self, day: date) -> str:
+        return f"{PROCESSED_PREFIX}{_partition(day)}/{self.name}.parquet"
+
+    def quarantine_key(self) -> str:
+        return f"{QUARANTINE_PREFIX}{_partition(self.quarantine_date)}/{self.name}.jsonl"
+
+
+def plan_outputs(raw_key: str, last_modified: datetime) -> OutputPlan:
+    """The quarantine date is the raw key's year=/month=/day=, else the object's LastModified UTC date:
+    never the processing date, so a retry on another day writes the same key."""
+    quarantine_date = last_modified.astimezone(UTC).date()
     match = _PARTITION_RE.search(raw_key)
-    quarantine_date = processing_date
     if match:
-        try:
+        with contextlib.suppress(ValueError):
             quarantine_date = date(int(match[1]), int(match[2]), int(match[3]))
-        except ValueError:
-            quarantine_date = processing_date
-    return OutputPlan(stem=stem, quarantine_date=quarantine_date)
+    return OutputPlan(name=output_name(raw_key), quarantine_date=quarantine_date)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1011,9 +1023,12 @@ class Output:
 class _Outputs:
     """Parquet writers, one per UTC date, and the quarantine file: in `workdir`, or in memory if None."""
 
-    def __init__(self, workdir: Path | None, source_key: str, result: TransformResult) -> None:
+    def __init__(
+        self, workdir: Path | None, source_key: str, result: TransformResult, schema: pa.Schema
+    ) -> None:
         self.workdir = workdir
         self.source_key = source_key
+        self.schema = schema
         self.result = result
         self._writers: dict[date, pq.ParquetWriter] = {}
         self._quarantine: Any = None
@@ -1052,7 +1067,7 @@ class _Outputs:
                 output = Output(self.workdir / f"{day.isoformat()}.parquet" if self.workdir else None)
                 writer = pq.ParquetWriter(
                     output.sink(),
-                    PROCESSED_SCHEMA,
+                    self.schema,
                     compression="snappy",
                     coerce_timestamps="ms",
                     version="2.6",
@@ -1126,7 +1141,9 @@ def transform_stream(
     source_key: str,
     workdir: Path | None,
     size_hint: int | None = None,
+    *,
     block_bytes: int | None = None,
+    source_etag: str = "",
 ) -> TransformResult:
     """Validate and convert one raw object, read as a stream of byte chunks, into files under `workdir`.
 
@@ -1136,7 +1153,9 @@ def transform_stream(
     """
     block_bytes = block_bytes or BLOCK_BYTES
     result = TransformResult()
-    outputs = _Outputs(workdir, source_key, result)
+    # Lineage in every Parquet footer; the compactor reads source_key to check a file against the state.
+    schema = PROCESSED_SCHEMA.with_metadata({"source_key": source_key, "source_etag": source_etag})
+    outputs = _Outputs(workdir, source_key, result, schema)
     # A big object (one processed in a working directory) may spill its duplicate check to disk.
     seen = SeenIds(workdir / "seen-ids" if workdir else None, expected=(size_hint or 0) // 256)
     rest = iter(chunks)
@@ -1217,7 +1236,204 @@ def _emit(block: BlockResult, outputs: _Outputs, seen: SeenIds, result: Transfor
 
 
 # ---------------------------------------------------------------------------------------------------
-# S3 edge
+# S3 edge. The outputs of a raw key are exactly those of its current content (CONTRACT.md, bucket layout).
+#
+# state/transformer/<SHA-256 of the raw key>.json records the ETag whose outputs are in place, every
+# output that may exist for the key, and a lock. Every write of it is conditional (If-Match or
+# If-None-Match), so two invocations never both believe they changed it. One pass over a raw key:
+#   1. read the raw object and transform it into local files;
+#   2. lock the state, adding this pass's outputs to its list (wait while another live invocation holds
+#      the lock; the lock of one that died expires at that invocation's deadline);
+#   3. mark for the compactor each day this pass changes that may be compacted already, upload the
+#      outputs, delete every listed output this content does not produce;
+#   4. commit: this ETag, exactly these outputs, no lock;
+#   5. read the raw object's ETag again: if the content changed meanwhile, run another pass.
+# Content whose state is committed is skipped on redelivery, so a redelivery after compaction writes
+# nothing; an event with "force": true (tools/replay.py) processes it again.
+
+STATE_PREFIX = "state/transformer/"
+DIRTY_PREFIX = "state/compaction/dirty/"
+MAX_PASSES = 3
+LOCK_POLL_SECONDS = 0.5
+# The lock's lifetime when the invocation's deadline is unknown (no Lambda context): Lambda's longest timeout.
+DEFAULT_LEASE_SECONDS = 900.0
+PARQUET_TYPE = "application/vnd.apache.parquet"
+JSONL_TYPE = "application/x-ndjson"
+
+
+class LockBusyError(TransformerError):
+    """Another live invocation holds the raw key's lock for longer than this one may wait."""
+
+
+def state_key(raw_key: str) -> str:
+    return f"{STATE_PREFIX}{hashlib.sha256(raw_key.encode('utf-8')).hexdigest()}.json"
+
+
+def dirty_marker_key(day: date) -> str:
+    return f"{DIRTY_PREFIX}{_partition(day)}.json"
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+@dataclass(frozen=True)
+class State:
+    """The bookkeeping of one raw key (the format is in docs/; the compactor and tools/replay.py read it)."""
+
+    source_key: str
+    etag: str | None = None
+    outputs: tuple[str, ...] = ()
+    lock: Mapping[str, str] | None = None  # {"token": ..., "expires": ISO 8601 UTC}
+    records_read: int = 0
+    rows_written: int = 0
+    quarantined: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """Committed: `outputs` are exactly those of content `etag`, and nobody is changing them."""
+        return self.lock is None and self.etag is not None
+
+    def lock_expires(self) -> datetime | None:
+        if self.lock is None:
+            return None
+        return datetime.fromisoformat(self.lock["expires"].replace("Z", "+00:00"))
+
+    def to_json(self) -> bytes:
+        document = {
+            "version": 1,
+            "source_key": self.source_key,
+            "etag": self.etag,
+            "outputs": sorted(self.outputs),
+            "lock": dict(self.lock) if self.lock is not None else None,
+            "records_read": self.records_read,
+            "rows_written": self.rows_written,
+            "quarantined": self.quarantined,
+        }
+        return json.dumps(document, ensure_ascii=False, indent=1).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, raw: bytes, where: str) -> State:
+        try:
+            document = json.loads(raw)
+            lock = document["lock"]
+            state = cls(
+                source_key=str(document["source_key"]),
+                etag=None if document["etag"] is None else str(document["etag"]),
+                outputs=tuple(str(key) for key in document["outputs"]),
+                lock=None if lock is None else {"token": str(lock["token"]), "expires": str(lock["expires"])},
+                records_read=int(document["records_read"]),
+                rows_written=int(document["rows_written"]),
+                quarantined=int(document["quarantined"]),
+            )
+            state.lock_expires()
+        except (ValueError, KeyError, TypeError) as e:
+            raise TransformerError(
+                f"{where} is not a state object this function wrote ({e}); delete it and replay the raw key "
+                "with tools/replay.py"
+            ) from e
+        return state
+
+
+def _error_code(e: ClientError) -> str:
+    return str(e.response.get("Error", {}).get("Code", ""))
+
+
+class StateStore:
+    """Conditional reads and writes of one raw key's state object."""
+
+    def __init__(self, s3: S3Client, bucket: str, raw_key: str) -> None:
+        self.s3 = s3
+        self.bucket = bucket
+        self.raw_key = raw_key
+        self.key = state_key(raw_key)
+        self.where = f"s3://{bucket}/{self.key}"
+
+    def read(self) -> tuple[State | None, str | None]:
+        """The state and its ETag, or (None, None) when the key was never processed."""
+        try:
+            response = self.s3.get_object(Bucket=self.bucket, Key=self.key)
+        except ClientError as e:
+            if _error_code(e) in ("NoSuchKey", "404"):
+                return None, None
+            raise TransformerError(f"cannot read {self.where}: {_error_code(e) or e}") from e
+        return State.from_json(response["Body"].read(), self.where), str(response["ETag"])
+
+    def write(self, state: State, etag: str | None) -> str | None:
+        """Replace the state if it is still the version `etag` (None: if there is none). Returns the new
+        ETag, or None when another invocation changed it first."""
+        condition: dict[str, str] = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
+        try:
+            response = self.s3.put_object(
+                Bucket=self.bucket,
+                Key=self.key,
+                Body=state.to_json(),
+                ContentType="application/json",
+                **condition,  # type: ignore[arg-type]
+            )
+        except ClientError as e:
+            # 409 ConditionalRequestConflict: a concurrent conditional write to the same key was in progress.
+            if _error_code(e) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                return None
+            raise TransformerError(f"cannot write {self.where}: {_error_code(e) or e}") from e
+        return str(response["ETag"])
+
+
+@dataclass(frozen=True)
+class Lock:
+    previous: State  # the state before this lock: its outputs may be stale
+    etag: str  # the ETag of the locked state, which only this invocation may replace
+    token: str
+
+
+def acquire_lock(
+    store: StateStore,
+    outputs: Iterable[str],
+    *,
+    expires: datetime,
+    clock: Callable[[], datetime],
+    sleep: Callable[[float], None],
+    wait_until: datetime,
+) -> Lock:
+    """Lock the raw key's state, adding `outputs` to its list before any of them is written."""
+    token = uuid.uuid4().hex
+    while True:
+        previous, etag = store.read()
+        state = previous or State(source_key=store.raw_key)
+        holder_expires = state.lock_expires()
+        now = clock()
+        if holder_expires is not None and holder_expires > now:
+            if now >= wait_until:
+                raise LockBusyError(
+                    f"s3://{store.bucket}/{store.raw_key} is being processed by another invocation (lock "
+                    f"until {_iso(holder_expires)}, {store.where}); Lambda retries this one later"
+                )
+            sleep(LOCK_POLL_SECONDS)
+            continue
+        locked = replace(
+            state,
+            lock={"token": token, "expires": _iso(expires)},
+            outputs=tuple(sorted(set(state.outputs) | set(outputs))),
+        )
+        new_etag = store.write(locked, etag)
+        if new_etag is not None:
+            if holder_expires is not None:
+                _logger.warning(
+                    "broke an expired lock: its invocation died; its outputs are cleaned up now",
+                    extra={"source_key": store.raw_key, "expired": _iso(holder_expires)},
+                )
+            return Lock(previous=state, etag=new_etag, token=token)
+
+
+def release_lock(store: StateStore, lock: Lock) -> None:
+    """After a failure: unlock and mark the content unprocessed, keeping every listed output (the next
+    invocation deletes what its content does not produce). Best effort: a lock left behind expires."""
+    try:
+        current, etag = store.read()
+        if current is not None and current.lock is not None and current.lock["token"] == lock.token:
+            store.write(replace(current, lock=None, etag=None), etag)
+    except Exception:  # the original failure is the one to report
+        _logger.warning("could not release the lock; it expires", extra={"state_key": store.key})
 
 
 @functools.cache
@@ -1237,60 +1453,204 @@ def _chunks(body: Any, chunk_bytes: int = 1024 * 1024) -> Iterator[bytes]:
     yield from body.iter_chunks(chunk_bytes)
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _day_of(key: str) -> date | None:
+    match = _PARTITION_RE.search(key)
+    if not match:
+        return None
+    try:
+        return date(int(match[1]), int(match[2]), int(match[3]))
+    except ValueError:
+        return None
+
+
 def process_object(
     s3: S3Client,
     obj: S3Object,
     output_bucket: str,
-    now: datetime,
-    clock: Callable[[], float] = time.perf_counter,
+    *,
+    force: bool = False,
+    deadline: datetime | None = None,
+    clock: Callable[[], datetime] = _utc_now,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any] | None:
-    """Read one raw object, transform it and upload the outputs. None when the object no longer exists."""
-    started = clock()
-    plan = plan_outputs(obj.key, now.date())
-    where = f"s3://{obj.bucket}/{obj.key}"
-    try:
-        response = s3.get_object(Bucket=obj.bucket, Key=obj.key)
-    except ClientError as e:
-        code = e.response.get("Error", {}).get("Code", "")
-        if code in ("NoSuchKey", "404"):
+    """Bring the raw key's outputs to those of its current content. None when the object no longer exists.
+
+    `deadline` is when this invocation ends (Lambda's context); a lock this invocation leaves behind by
+    dying expires then. Passes run until the content read is still the current one after the commit.
+    """
+    job = _Job(s3, obj, output_bucket, StateStore(s3, output_bucket, obj.key), deadline, clock, sleep)
+    for _ in range(MAX_PASSES):
+        summary = job.run_pass(force)
+        if summary is None or summary.get("skipped"):
+            return summary
+        current = job.current_etag()
+        if current is None:
             _logger.warning(
-                "raw object is gone, skipped", extra={"source_key": obj.key, "bucket": obj.bucket}
+                "raw object deleted after it was processed: its outputs stay until tools/replay.py "
+                "removes orphans",
+                extra={"source_key": obj.key, "bucket": obj.bucket},
             )
-            return None
-        raise TransformerError(f"cannot read {where}: {code or e}") from e
-    size = int(response.get("ContentLength", 0))
-    with contextlib.ExitStack() as stack:
-        workdir = None
-        if size > IN_MEMORY_BYTES:
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="transform-")))
+            return summary
+        if current == summary["etag"]:
+            return summary
+        _logger.info(
+            "raw object replaced while it was processed: processing its new content",
+            extra={"source_key": obj.key, "processed_etag": summary["etag"], "current_etag": current},
+        )
+        force = False  # a replay asked for the content it listed; the new content is simply unprocessed
+    raise TransformerError(
+        f"{job.where} changed during each of {MAX_PASSES} passes; failing so that Lambda retries later"
+    )
+
+
+@dataclass
+class _Job:
+    """One raw key being brought up to date: the passes of process_object."""
+
+    s3: S3Client
+    obj: S3Object
+    bucket: str  # the output bucket
+    store: StateStore
+    deadline: datetime | None
+    clock: Callable[[], datetime]
+    sleep: Callable[[float], None]
+
+    @property
+    def where(self) -> str:
+        return f"s3://{self.obj.bucket}/{self.obj.key}"
+
+    def current_etag(self) -> str | None:
         try:
-            result = transform_stream(_chunks(response["Body"]), obj.key, workdir, size_hint=size)
+            return str(self.s3.head_object(Bucket=self.obj.bucket, Key=self.obj.key)["ETag"]).strip('"')
         except ClientError as e:
-            raise TransformerError(f"failed while reading {where}: {e}") from e
-        written: list[str] = []
-        for day, output in sorted(result.processed_files.items()):
-            key = plan.processed_key(day)
-            _upload(s3, output, output_bucket, key, "application/vnd.apache.parquet")
-            written.append(key)
-        if result.quarantine_file is not None:
-            key = plan.quarantine_key()
-            _upload(s3, result.quarantine_file, output_bucket, key, "application/x-ndjson")
-            written.append(key)
-    summary: dict[str, Any] = {
-        "source_key": obj.key,
-        "records_read": result.records_read,
-        "rows_written": result.rows_written,
-        "quarantined": result.quarantined,
-        "reasons": dict(sorted(result.reasons.items())),
-        "outputs": written,
-        "raw_bytes": size,
-        "fast_blocks": result.fast_blocks,
-        "exact_blocks": result.exact_blocks,
-        "duration_ms": round((clock() - started) * 1000, 1),
+            if _error_code(e) in ("NoSuchKey", "404"):
+                return None
+            raise TransformerError(f"cannot read {self.where}: {_error_code(e) or e}") from e
+
+    def run_pass(self, force: bool) -> dict[str, Any] | None:
+        started = time.perf_counter()
+        key = self.obj.key
+        try:
+            response = self.s3.get_object(Bucket=self.obj.bucket, Key=key)
+        except ClientError as e:
+            if _error_code(e) in ("NoSuchKey", "404"):
+                _logger.warning(
+                    "raw object is gone, skipped", extra={"source_key": key, "bucket": self.obj.bucket}
+                )
+                return None
+            raise TransformerError(f"cannot read {self.where}: {_error_code(e) or e}") from e
+        etag = str(response["ETag"]).strip('"')
+        size = int(response.get("ContentLength", 0))
+        plan = plan_outputs(key, response["LastModified"])
+        skipped = {"source_key": key, "etag": etag, "skipped": "content already processed", "raw_bytes": size}
+        state, _ = self.store.read()
+        if not force and state is not None and state.complete and state.etag == etag:
+            response["Body"].close()
+            return skipped
+        with contextlib.ExitStack() as stack:
+            workdir = None
+            if size > IN_MEMORY_BYTES:
+                workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="transform-")))
+            try:
+                result = transform_stream(
+                    _chunks(response["Body"]), key, workdir, size_hint=size, source_etag=etag
+                )
+            except ClientError as e:
+                raise TransformerError(f"failed while reading {self.where}: {e}") from e
+            if result.rows_written + result.quarantined != result.records_read:
+                raise TransformerError(
+                    f"record count does not reconcile for {self.where}: {result.records_read} read, "
+                    f"{result.rows_written} written, {result.quarantined} quarantined"
+                )
+            files: dict[str, tuple[Output, str]] = {
+                plan.processed_key(day): (out, PARQUET_TYPE) for day, out in result.processed_files.items()
+            }
+            if result.quarantine_file is not None:
+                files[plan.quarantine_key()] = (result.quarantine_file, JSONL_TYPE)
+            removed = self._publish(files, etag, result, force)
+        if removed is None:
+            return skipped
+        return {
+            "source_key": key,
+            "etag": etag,
+            "records_read": result.records_read,
+            "rows_written": result.rows_written,
+            "quarantined": result.quarantined,
+            "reasons": dict(sorted(result.reasons.items())),
+            "outputs": sorted(files),
+            "removed": removed,
+            "raw_bytes": size,
+            "fast_blocks": result.fast_blocks,
+            "exact_blocks": result.exact_blocks,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+        }
+
+    def _publish(
+        self, files: Mapping[str, tuple[Output, str]], etag: str, result: TransformResult, force: bool
+    ) -> list[str] | None:
+        """Steps 2 to 4 under the lock; the outputs removed, or None when another invocation committed this
+        content meanwhile (nothing written)."""
+        now = self.clock()
+        expires = self.deadline or now + timedelta(seconds=DEFAULT_LEASE_SECONDS)
+        lock = acquire_lock(
+            self.store,
+            files,
+            expires=expires,
+            clock=self.clock,
+            sleep=self.sleep,
+            wait_until=now + (expires - now) / 4,
+        )
+        try:
+            previous = lock.previous
+            if not force and previous.complete and previous.etag == etag:
+                self.store.write(previous, lock.etag)
+                return None
+            stale = sorted(set(previous.outputs) - set(files))
+            dirty = {day for day in result.processed_files if day < now.date()}
+            dirty |= {day for key in stale if key.startswith(PROCESSED_PREFIX) and (day := _day_of(key))}
+            for day in sorted(dirty):  # before the change it announces (the compactor's rule)
+                _mark_dirty(self.s3, self.bucket, day, self.obj.key)
+            for key, (output, content_type) in sorted(files.items()):
+                _upload(self.s3, output, self.bucket, key, content_type)
+            for key in stale:
+                _delete(self.s3, self.bucket, key)
+            committed = State(
+                source_key=self.obj.key,
+                etag=etag,
+                outputs=tuple(sorted(files)),
+                records_read=result.records_read,
+                rows_written=result.rows_written,
+                quarantined=result.quarantined,
+            )
+            if self.store.write(committed, lock.etag) is None:
+                raise TransformerError(
+                    f"{self.store.where} changed while this invocation held its lock (held past "
+                    f"{_iso(expires)}?); failing so that Lambda retries"
+                )
+        except BaseException:
+            release_lock(self.store, lock)
+            raise
+        return stale
+
+
+def _mark_dirty(s3: S3Client, bucket: str, day: date, source_key: str) -> None:
+    """Tell the compactor to check `day` against the state again (state/compaction/dirty/...). A fresh token
+    in every marker gives it a new ETag, so the compactor's conditional delete never removes a newer one."""
+    body = {
+        "token": uuid.uuid4().hex,
+        "reason": "transformer changed the day's files",
+        "source_key": source_key,
+        "drop_unclaimed": False,
     }
-    if result.rows_written + result.quarantined != result.records_read:
-        raise TransformerError(f"record count does not reconcile for {where}: {summary}")
-    return summary
+    key = dirty_marker_key(day)
+    try:
+        s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode(), ContentType="application/json")
+    except ClientError as e:
+        raise TransformerError(f"cannot write s3://{bucket}/{key}: {_error_code(e) or e}") from e
 
 
 def _upload(s3: S3Client, output: Output, bucket: str, key: str, content_type: str) -> None:
@@ -1298,11 +1658,18 @@ def _upload(s3: S3Client, output: Output, bucket: str, key: str, content_type: s
     try:
         s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
     except ClientError as e:
-        code = e.response.get("Error", {}).get("Code", "")
-        raise TransformerError(f"cannot write s3://{bucket}/{key}: {code or e}") from e
+        raise TransformerError(f"cannot write s3://{bucket}/{key}: {_error_code(e) or e}") from e
     finally:
         if not isinstance(body, bytes):
             body.close()
+
+
+def _delete(s3: S3Client, bucket: str, key: str) -> None:
+    try:
+        s3.delete_object(Bucket=bucket, Key=key)
+    except ClientError as e:
+        where = f"s3://{bucket}/{key}"
+        raise TransformerError(f"cannot delete stale output {where}: {_error_code(e) or e}") from e
 
 
 def metrics_line(summary: Mapping[str, Any], at: datetime) -> str:
@@ -1331,24 +1698,35 @@ def metrics_line(summary: Mapping[str, Any], at: datetime) -> str:
     return json.dumps(document)
 
 
+def _deadline(context: Any, now: datetime) -> datetime | None:
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    return now + timedelta(milliseconds=remaining()) if callable(remaining) else None
+
+
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """S3 ObjectCreated entry point: every record of the event is processed, or the invocation raises."""
     config = load_config(os.environ)
+    deadline = _deadline(context, _utc_now())
     objects, skipped = objects_from_event(event)
+    force = event.get("force") is True
     for skip in skipped:
         _logger.info("skipped", extra=skip)
     processed: list[dict[str, Any]] = []
     for obj in objects:
-        now = datetime.now(UTC)
         try:
-            summary = process_object(s3_client(), obj, config.output_bucket or obj.bucket, now)
+            summary = process_object(
+                s3_client(), obj, config.output_bucket or obj.bucket, force=force, deadline=deadline
+            )
         except Exception:
             _logger.exception("transform failed", extra={"source_key": obj.key, "bucket": obj.bucket})
             raise
         if summary is None:
             skipped.append({"reason": "object no longer exists", "key": obj.key})
-            continue
-        _logger.info("transformed", extra=summary)
-        sys.stdout.write(metrics_line(summary, now) + "\n")
-        processed.append(summary)
+        elif summary.get("skipped"):
+            _logger.info("skipped", extra=summary)
+            skipped.append({"reason": str(summary["skipped"]), "key": obj.key})
+        else:
+            _logger.info("transformed", extra=summary)
+            sys.stdout.write(metrics_line(summary, _utc_now()) + "\n")
+            processed.append(summary)
     return {"processed": processed, "skipped": skipped}

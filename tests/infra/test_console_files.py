@@ -126,7 +126,7 @@ def test_generator_may_only_put_objects_under_raw() -> None:
     }
 
 
-def test_transformer_reads_raw_and_writes_only_processed_and_quarantine() -> None:
+def test_transformer_reads_raw_and_writes_only_its_outputs_and_bookkeeping() -> None:
     grants = _grants(_json(ROLE_POLICY_FILES["TransformerRole"]))
 
     s3 = {(a, r) for a, r, _ in grants if a.startswith("s3:")}
@@ -135,8 +135,15 @@ def test_transformer_reads_raw_and_writes_only_processed_and_quarantine() -> Non
         # Without ListBucket, S3 answers AccessDenied for a deleted object, which the contract skips
         # as NoSuchKey; ListBucket reveals key names, never data.
         ("s3:ListBucket", BUCKET_ARN),
-        ("s3:PutObject", f"{BUCKET_ARN}/processed/*"),
+        # Replacing a raw file deletes the outputs its new content no longer produces
+        ("s3:PutObject", f"{BUCKET_ARN}/processed/transactions/*"),
+        ("s3:DeleteObject", f"{BUCKET_ARN}/processed/transactions/*"),
         ("s3:PutObject", f"{BUCKET_ARN}/quarantine/*"),
+        ("s3:DeleteObject", f"{BUCKET_ARN}/quarantine/*"),
+        # The per-raw-key state (what is in place, and the lock) and the compactor's dirty-day markers
+        ("s3:GetObject", f"{BUCKET_ARN}/state/transformer/*"),
+        ("s3:PutObject", f"{BUCKET_ARN}/state/transformer/*"),
+        ("s3:PutObject", f"{BUCKET_ARN}/state/compaction/dirty/*"),
     }
     sqs = {(a, r) for a, r, _ in grants if a.startswith("sqs:")}
     assert sqs == {("sqs:SendMessage", VALUES["TransformerFailureQueue.Arn"])}

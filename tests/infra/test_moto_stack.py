@@ -525,7 +525,7 @@ def test_handlers_run_under_the_stacks_roles_and_cannot_write_elsewhere(
             for o in boto3.client("s3", region_name=REGION).list_objects_v2(Bucket=BUCKET)["Contents"]
         ]
     prefixes = {k.split("/")[0] for k in keys}
-    assert prefixes == {"raw", "processed", "quarantine", "compaction"}
+    assert prefixes == {"raw", "processed", "quarantine", "compaction", "state"}
     for key in keys:
         assert (key.startswith(rules["prefix"]) and key.endswith(rules["suffix"])) == key.startswith(
             "raw/"
