@@ -253,9 +253,15 @@ def cmd_rebuild(rt: Runtime, args: argparse.Namespace) -> int:
                 print(f"    {key}")
     if args.no_compact:
         return 1 if tally.failed or pending else 0
+    # The days asked for, and those the rebuilt keys' outputs are in (rows past midnight, undated keys).
     to_compact = set(days) | processed_days(k for s in states.values() for k in s.outputs)
-    to_compact |= set(marked_days(rt.s3, bucket))
     compacted = compact_days(rt, to_compact, dry_run=False)
+    unrelated = sorted(set(marked_days(rt.s3, bucket)) - to_compact)
+    if unrelated:
+        print(
+            f"{len(unrelated)} other days have a dirty-day marker ({unrelated[0]} ...): the compactor's "
+            f"schedule takes them, or now: python -m tools.replay compact --bucket {bucket} --marked"
+        )
     return 1 if tally.failed or pending or compacted.failed else 0
 
 
@@ -438,14 +444,17 @@ def check_compacted_days(
     otherwise the day is blocked, with the raw keys to rebuild first.
     """
     loose = {o.key for o in outputs if not is_compacted(o.key)}
-    by_day: dict[date, list[S3Obj]] = {}
-    for obj in outputs:
-        if is_compacted(obj.key) and (day := day_of(obj.key)) is not None:
-            by_day.setdefault(day, []).append(obj)
+    # The head, compacted-YYYYMMDD.parquet, is the day's commit record: its manifest lists every entry
+    # of the day, including those in parts (compacted-YYYYMMDD-pNN.parquet).
+    heads = {
+        day: obj
+        for obj in outputs
+        if (day := day_of(obj.key)) is not None and obj.key.endswith(f"/compacted-{day:%Y%m%d}.parquet")
+    }
     verify: dict[date, int] = {}
     blocked: dict[date, list[str]] = {}
-    for day, files in sorted(by_day.items()):
-        entries = [e for f in files for e in read_manifest(s3, bucket, f)]
+    for day, head in sorted(heads.items()):
+        entries = read_manifest(s3, bucket, head)
         unclaimed = [
             e for e in entries if e["key"] not in claims.live and not claims.uncommitted_owners(e["key"])
         ]
