@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -95,7 +95,9 @@ def aws_errors(what: str) -> Iterator[None]:
         yield
     except ClientError as e:
         raise ReplayError(describe(e, what)) from e
-    except BotoCoreError as e:  # no credentials, endpoint unreachable, a timeout after retries
+    except EndpointConnectionError as e:
+        raise ReplayError(f"{what}: {e} (nothing answers there: for --local-endpoint, is it running?)") from e
+    except BotoCoreError as e:  # no credentials, a timeout after retries
         raise ReplayError(f"{what}: {e}") from e
 
 
