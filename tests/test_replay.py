@@ -22,8 +22,10 @@ import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from botocore.exceptions import ClientError
 from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
+from moto.core import enable_iam_authentication
 
 from local.server import moto_s3
 from tests.conftest import BUCKET, REGION, ROOT, load_event, load_lambda
@@ -1374,3 +1376,37 @@ def test_a_bucket_written_under_the_old_names_is_converted_by_a_full_rebuild_and
     capsys.readouterr()
     assert replay.main(["orphans", "--bucket", BUCKET, "--yes"], runtime=in_process(s3)) == 0
     assert "nothing to remove" in capsys.readouterr().out
+
+
+def test_the_tool_works_under_the_operator_policy_with_iam_enforced(s3: Any) -> None:
+    # GIVEN an operator whose only permissions are the policy file's, filled in as README's `fill` does.
+    # (S3 only: moto checks other services' calls against resource "*", so a grant scoped to the queue's
+    # or a function's ARN, as IAM wants it, reads as denied there; the test above checks those.)
+    text = (ROOT / "infra" / "iam" / "operator-replay-policy.json").read_text(encoding="utf-8")
+    document = (
+        text.replace("BUCKET_NAME", BUCKET).replace("ACCOUNT_ID", "123456789012").replace("REGION", REGION)
+    )
+    iam = boto3.client("iam", region_name=REGION)
+    iam.create_user(UserName="operator")
+    iam.put_user_policy(UserName="operator", PolicyName="replay", PolicyDocument=document)
+    key = iam.create_access_key(UserName="operator")["AccessKey"]
+    bucket = Bucket(s3)
+    operator = boto3.client(
+        "s3",
+        region_name=REGION,
+        aws_access_key_id=key["AccessKeyId"],
+        aws_secret_access_key=key["SecretAccessKey"],
+    )
+    rt = runtime(operator, RecordingInvoker(lambda f, p: Outcome(accepted=True, status="202")))
+
+    # WHEN it rebuilds a day and removes the orphans with IAM enforced
+    with enable_iam_authentication():
+        assert replay.main(["rebuild", "--bucket", BUCKET, "--day", DAY.isoformat()], runtime=rt) == 0
+        assert replay.main(["orphans", "--bucket", BUCKET, "--yes"], runtime=rt) == 0
+        # THEN it did, and it may not read raw data nor write outside its prefixes
+        with pytest.raises(ClientError, match="AccessDenied"):
+            operator.get_object(Bucket=BUCKET, Key=bucket.a)
+        with pytest.raises(ClientError, match="AccessDenied"):
+            operator.put_object(Bucket=BUCKET, Key=bucket.old[0], Body=b"x")
+
+    assert not bucket.orphans & set(keys(s3))
