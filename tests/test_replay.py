@@ -569,7 +569,7 @@ def test_a_missing_bucket_is_named(s3: Any, capsys: pytest.CaptureFixture[str]) 
     )
     assert code == 1
     err = capsys.readouterr().err
-    assert "listing s3://no-such-bucket-here/processed/transactions/: the bucket does not exist" in err
+    assert "reading the lifecycle rules of s3://no-such-bucket-here: the bucket does not exist" in err
 
 
 @pytest.mark.parametrize(
@@ -986,10 +986,58 @@ def test_a_compacted_entry_that_names_its_raw_key_is_claimed_by_its_state(s3: An
     put_state(s3, a, [a_out])
     put_compacted(s3, DAY, [{"key": a_out, "etag": "2", "rows": 1, "source_key": a}])
 
-    plan = replay.find_orphans(s3, BUCKET, datetime.now(UTC))
+    plan = replay.find_orphans(s3, BUCKET, datetime.now(UTC), None)
 
     assert plan.empty()
     assert plan.blocked_days == {}
+
+
+def test_outputs_of_raw_objects_that_may_have_expired_are_history_not_orphans(
+    s3: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN raw/ expiring after 30 days, as the stack's lifecycle rule does (90 by default)
+    s3.put_bucket_lifecycle_configuration(
+        Bucket=BUCKET,
+        LifecycleConfiguration={
+            "Rules": [
+                {"ID": "expire-raw", "Status": "Enabled", "Prefix": "raw/", "Expiration": {"Days": 30}},
+                {"ID": "other", "Status": "Enabled", "Prefix": "athena-results/", "Expiration": {"Days": 1}},
+            ]
+        },
+    )
+    today = datetime.now(UTC).date()
+    old, recent = today - timedelta(days=31), today - timedelta(days=30)
+    # raw objects gone: one written before the retention (expired, most likely), one within it (deleted)
+    expired_key, deleted_key = raw_key(old, "transactions-old"), raw_key(recent, "transactions-recent")
+    expired_out, deleted_out = processed(old, new_name(expired_key)), processed(recent, new_name(deleted_key))
+    undated = "raw/manual/upload.json"  # no date in the key, no quarantine file: unknown
+    undated_out = processed(recent, new_name(undated))
+    for key in (expired_out, deleted_out, undated_out):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"x")
+    put_state(s3, expired_key, [expired_out])
+    put_state(s3, deleted_key, [deleted_out])
+    put_state(s3, undated, [undated_out])
+    # files of the version before issue 9, in an old partition and a recent one
+    old_file, recent_file = processed(old, "transactions-x"), processed(recent, "transactions-y")
+    for key in (old_file, recent_file):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"x")
+    put_compacted(s3, old, [{"key": processed(old, "transactions-z"), "etag": "1", "rows": 1}])
+
+    code = replay.main(
+        ["orphans", "--bucket", BUCKET, "--yes", "--no-compact"], runtime=runtime(s3, RecordingInvoker())
+    )
+
+    out = capsys.readouterr().out
+    assert code == 0, out
+    remaining = set(keys(s3))
+    assert {expired_out, state_key(expired_key), undated_out, state_key(undated), old_file} <= remaining
+    assert not {deleted_out, state_key(deleted_key), recent_file} & remaining
+    assert marker_key(old) not in remaining
+    assert "kept as history (1 compacted days, 1 outputs, 2 states): raw/ expires after 30 days" in out
+
+    # and with the retention given on the command line instead, nothing older than it is an orphan
+    plan = replay.find_orphans(s3, BUCKET, datetime.now(UTC), 0)
+    assert plan.empty()
 
 
 # --- redrive --------------------------------------------------------------------------------------------
@@ -1397,7 +1445,9 @@ def test_the_tool_works_under_the_operator_policy_with_iam_enforced(s3: Any) -> 
         aws_access_key_id=key["AccessKeyId"],
         aws_secret_access_key=key["SecretAccessKey"],
     )
-    rt = runtime(operator, RecordingInvoker(lambda f, p: Outcome(accepted=True, status="202")))
+    # (accepted before A's state was committed, so that the wait ends at its first look)
+    long_ago = datetime(2000, 1, 1, tzinfo=UTC)
+    rt = runtime(operator, RecordingInvoker(lambda f, p: Outcome(accepted=True, status="202", at=long_ago)))
 
     # WHEN it rebuilds a day and removes the orphans with IAM enforced
     with enable_iam_authentication():

@@ -55,6 +55,7 @@ from tools.replay_aws import (
     object_exists,
     old_stem,
     output_stem,
+    raw_retention_days,
     read_manifest,
     read_state,
     release_state,
@@ -327,6 +328,23 @@ class OwnedOrphans:
     days: set[date] = field(default_factory=set)  # processed days to mark before deleting
 
 
+@dataclass(frozen=True)
+class Retention:
+    """raw/ objects expire `days` after they were written (a lifecycle rule; None: never). The outputs of a
+    raw object that may have expired are history, not orphans: processed/ and quarantine/ are kept."""
+
+    days: int | None
+    today: date
+
+    def may_have_expired(self, day: date | None) -> bool:
+        """Whether a raw object written on `day` (None: unknown) may be gone by expiry, not by a delete.
+
+        S3 expires an object at the first midnight (UTC) after its creation plus `days`: one written on
+        a day from today - days onwards is still there unless someone deleted it.
+        """
+        return self.days is not None and (day is None or day < self.today - timedelta(days=self.days))
+
+
 @dataclass
 class OrphanPlan:
     owned: list[OwnedOrphans]
@@ -335,6 +353,8 @@ class OrphanPlan:
     blocked_days: dict[date, list[str]]  # compacted day -> raw keys to rebuild before it can be verified
     kept: list[tuple[str, str]]  # (key, why it is not removed)
     counts: tuple[int, int, int]  # outputs, states and raw objects read
+    retention: Retention
+    history: Counter[str] = field(default_factory=Counter)  # kept: their raw objects may have expired
 
     def objects(self) -> int:
         return sum(len(g.objects) for g in self.owned) + len(self.free)
@@ -380,8 +400,23 @@ class Claims:
         return candidates[0] if candidates else None
 
 
-def find_orphans(s3: S3Client, bucket: str, now: datetime) -> OrphanPlan:
-    """What the orphan step would remove, per SPEC-issue9-state.md, and what it keeps and why."""
+def raw_day(state: State) -> date | None:
+    """The day a state's raw object was written: its key's date, else its quarantine file's date (the
+    object's LastModified date for a key without one); None when neither tells."""
+    if (day := day_of(state.source_key)) is not None:
+        return day
+    days = [d for k in state.outputs if k.startswith(QUARANTINE_PREFIX) and (d := day_of(k)) is not None]
+    return min(days, default=None)
+
+
+def find_orphans(s3: S3Client, bucket: str, now: datetime, retention_days: int | None) -> OrphanPlan:
+    """What the orphan step would remove, per SPEC-issue9-state.md, and what it keeps and why.
+
+    A raw object that may have expired by the bucket's lifecycle rule is not a deleted one: its outputs,
+    and any output or compacted day older than the raw retention, are history and stay.
+    """
+    retention = Retention(retention_days, now.date())
+    history: Counter[str] = Counter()
     # Outputs are listed BEFORE the states are read: the transformer registers an output in its state
     # before it writes it, so an output listed here that no state read afterwards lists is not being
     # written by anyone.
@@ -399,6 +434,9 @@ def find_orphans(s3: S3Client, bucket: str, now: datetime) -> OrphanPlan:
     for s in states:
         if s.source_key in raw:
             continue
+        if retention.may_have_expired(raw_day(s)):
+            history["states"] += 1
+            continue
         if s.locked_at(now):
             kept.append((s.key, f"raw key {s.source_key} is gone, but a running invocation holds its state"))
             continue
@@ -415,14 +453,17 @@ def find_orphans(s3: S3Client, bucket: str, now: datetime) -> OrphanPlan:
                 (obj.key, f"{owners[0]} has not been processed by this version yet: rebuild it first")
             )
         elif (owner := claims.owner(obj.key)) is None:
-            free.append(obj)
+            if retention.may_have_expired(day_of(obj.key)):
+                history["outputs"] += 1
+            else:
+                free.append(obj)
         elif owner.locked_at(now):
             kept.append((obj.key, f"a running invocation holds the state of {owner.source_key}"))
         else:
             group = owned.setdefault(owner.key, OwnedOrphans(owner, raw_gone=owner.source_key not in raw))
             group.objects.append(obj)
             group.days |= processed_days([obj.key])
-    verify, blocked = check_compacted_days(s3, bucket, outputs, claims)
+    verify, blocked = check_compacted_days(s3, bucket, outputs, claims, retention=retention, history=history)
     return OrphanPlan(
         owned=[g for g in owned.values() if g.objects or g.raw_gone],
         free=free,
@@ -430,11 +471,19 @@ def find_orphans(s3: S3Client, bucket: str, now: datetime) -> OrphanPlan:
         blocked_days=blocked,
         kept=kept,
         counts=(len(outputs), len(states), len(raw)),
+        retention=retention,
+        history=history,
     )
 
 
 def check_compacted_days(
-    s3: S3Client, bucket: str, outputs: Sequence[S3Obj], claims: Claims
+    s3: S3Client,
+    bucket: str,
+    outputs: Sequence[S3Obj],
+    claims: Claims,
+    *,
+    retention: Retention,
+    history: Counter[str],
 ) -> tuple[dict[date, int], dict[date, list[str]]]:
     """Compacted days whose manifests hold entries no state claims: to mark (drop_unclaimed), or blocked.
 
@@ -454,6 +503,9 @@ def check_compacted_days(
     verify: dict[date, int] = {}
     blocked: dict[date, list[str]] = {}
     for day, head in sorted(heads.items()):
+        if retention.may_have_expired(day):
+            history["compacted days"] += 1
+            continue
         entries = read_manifest(s3, bucket, head)
         unclaimed = [
             e for e in entries if e["key"] not in claims.live and not claims.uncommitted_owners(e["key"])
@@ -499,6 +551,13 @@ def show_orphans(plan: OrphanPlan, bucket: str) -> None:
         )
     for key, why in plan.kept:
         print(f"  kept {key}: {why}")
+    if plan.history:
+        oldest = plan.retention.today - timedelta(days=plan.retention.days or 0)
+        what = ", ".join(f"{count} {kind}" for kind, count in sorted(plan.history.items()))
+        print(
+            f"  kept as history ({what}): raw/ expires after {plan.retention.days} days (lifecycle), so a "
+            f"raw object written before {oldest}, or of unknown date, may be gone by expiry, not deleted"
+        )
     if plan.empty():
         print("  nothing to remove")
 
@@ -544,7 +603,10 @@ def remove_orphans(rt: Runtime, bucket: str, plan: OrphanPlan) -> Counter[str]:
 
 
 def cmd_orphans(rt: Runtime, args: argparse.Namespace) -> int:
-    plan = find_orphans(rt.s3, args.bucket, rt.now())
+    retention = args.raw_retention_days
+    if retention is None:
+        retention = raw_retention_days(rt.s3, args.bucket)
+    plan = find_orphans(rt.s3, args.bucket, rt.now(), retention)
     show_orphans(plan, args.bucket)
     if plan.empty():
         return 1 if plan.blocked_days else 0
@@ -783,6 +845,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     orphans.add_argument("--yes", action="store_true", help="delete without asking (for scripts)")
     orphans.add_argument("--no-compact", action="store_true", help="do not invoke the compactor afterwards")
+    orphans.add_argument(
+        "--raw-retention-days",
+        type=int,
+        help="days after which raw/ objects expire (default: read from the bucket's lifecycle rules)",
+    )
 
     compact = commands.add_parser("compact", parents=[common], help="invoke the compactor for days")
     _add_days(compact, required=False)
@@ -812,6 +879,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("compact needs --day, --from/--to or --marked")
     if getattr(args, "rate", 1) <= 0:
         parser.error(f"--rate must be a positive number of invocations per second, got {args.rate:g}")
+    if getattr(args, "raw_retention_days", None) is not None and args.raw_retention_days < 0:
+        parser.error(f"--raw-retention-days must be 0 or more, got {args.raw_retention_days}")
     if getattr(args, "max", None) is not None and args.max < 1:
         parser.error(f"--max must be at least 1, got {args.max}")
     return args

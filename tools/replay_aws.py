@@ -51,6 +51,7 @@ _HASHED_NAME_RE = re.compile(r"-([0-9a-f]{12})\.(?:parquet|jsonl)$")
 # needs s3:GetObject on the object.
 IAM_ACTIONS: dict[str, tuple[str, ...]] = {
     "ListObjectsV2": ("s3:ListBucket",),
+    "GetBucketLifecycleConfiguration": ("s3:GetLifecycleConfiguration",),
     "GetObject": ("s3:GetObject",),
     "PutObject": ("s3:PutObject",),
     "DeleteObject": ("s3:DeleteObject", "s3:GetObject"),
@@ -182,6 +183,32 @@ def list_objects(s3: S3Client, bucket: str, prefix: str) -> Iterator[S3Obj]:
                     etag=item["ETag"].strip('"'),
                     last_modified=item["LastModified"].astimezone(UTC),
                 )
+
+
+def raw_retention_days(s3: S3Client, bucket: str) -> int | None:
+    """After how many days a lifecycle rule expires objects under raw/ (the fewest, if several rules may
+    apply; 0 for a rule with a fixed date), or None when no rule expires them."""
+    try:
+        rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    except ClientError as e:
+        if error_code(e) == "NoSuchLifecycleConfiguration":
+            return None
+        raise ReplayError(describe(e, f"reading the lifecycle rules of s3://{bucket}")) from e
+    except BotoCoreError as e:
+        raise ReplayError(f"reading the lifecycle rules of s3://{bucket}: {e}") from e
+    days: list[int] = []
+    for rule in rules:
+        expiration = rule.get("Expiration") or {}
+        if rule.get("Status") != "Enabled" or not ("Days" in expiration or "Date" in expiration):
+            continue
+        selector: Any = rule.get("Filter") or {}
+        prefix = str(
+            rule.get("Prefix") or selector.get("Prefix") or (selector.get("And") or {}).get("Prefix") or ""
+        )
+        # A rule for part of raw/ (or with tags or sizes) may expire any raw object: counted, to be safe.
+        if RAW_PREFIX.startswith(prefix) or prefix.startswith(RAW_PREFIX):
+            days.append(int(expiration["Days"]) if "Days" in expiration else 0)
+    return min(days) if days else None
 
 
 def object_exists(s3: S3Client, bucket: str, key: str) -> bool:
