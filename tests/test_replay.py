@@ -2,7 +2,8 @@
 
 The in-process tests run the real handler files on moto; the Lambda tests stub the Lambda API (moto
 cannot run a function without Docker) and assert the calls and payloads; S3 and SQS are moto's.
-States, markers and manifests are written here exactly as SPEC-issue9-state.md describes them.
+States, markers and manifests are written here exactly as the transformer and the compactor of issue 9
+write them.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def raw_key(day: date, name: str) -> str:
 
 
 def new_name(key: str) -> str:
-    """The output name SPEC-issue9-state.md gives a raw key (restated here, not imported)."""
+    """The output name the transformer gives a raw key (restated here, not imported)."""
     stem = key.rsplit("/", 1)[-1].removesuffix(".json").lstrip("_.")
     return f"{stem}-{hashlib.sha256(key.encode('utf-8')).hexdigest()[:12]}"
 
@@ -125,7 +126,7 @@ def put_state(
     etag: str | None = "abc",
     lock: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A state object as the transformer writes it (SPEC-issue9-state.md)."""
+    """A state object as the transformer writes it."""
     document = {
         "version": 1,
         "source_key": source_key,

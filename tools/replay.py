@@ -12,7 +12,8 @@ ecommerce-compactor, queue ecommerce-transformer-failures) with the usual AWS cr
 --local-endpoint http://127.0.0.1:PORT against the demo's embedded S3, running the handler files in
 this process. Every command has --dry-run, is safe to run again, and ends with what it did.
 docs/operations.md ("Replay and redrive") says when to use which; the permissions are in
-infra/iam/operator-replay-policy.json; the names and formats follow /work/notes/SPEC-issue9-state.md.
+infra/iam/operator-replay-policy.json; names and formats are the transformer's and the compactor's
+(issue 9), restated in tools/replay_aws.py.
 """
 
 from __future__ import annotations
@@ -410,7 +411,7 @@ def raw_day(state: State) -> date | None:
 
 
 def find_orphans(s3: S3Client, bucket: str, now: datetime, retention_days: int | None) -> OrphanPlan:
-    """What the orphan step would remove, per SPEC-issue9-state.md, and what it keeps and why.
+    """What the orphan step would remove, and what it keeps and why (docs/operations.md, "orphans").
 
     A raw object that may have expired by the bucket's lifecycle rule is not a deleted one: its outputs,
     and any output or compacted day older than the raw retention, are history and stay.

@@ -1,10 +1,11 @@
 """The bucket as tools/replay.py sees it: names, state objects and their locks, dirty-day markers, manifests.
 
-Every name and format here is the one /work/notes/SPEC-issue9-state.md (issue 9) fixes and the
-transformer and the compactor follow; the handlers cannot import this module (each is one file pasted
-into the console), so the rules are restated here and tests/test_replay.py checks them against the
-handlers' outputs. AWS errors become ReplayError with what was being done, where, and for an access
-denial the IAM action missing from infra/iam/operator-replay-policy.json.
+Every name and format here is the one the design of issue 9 fixes and the transformer and the
+compactor follow (state/transformer/<sha256>.json, state/compaction/dirty/..., the compacted file's
+manifest). The handlers cannot import this module (each is one file pasted into the console), so the
+rules are restated here, and tests/test_replay.py checks them against the handlers' own outputs. AWS
+errors become ReplayError with what was being done, where, and for an access denial the IAM action
+missing from infra/iam/operator-replay-policy.json.
 """
 
 from __future__ import annotations
