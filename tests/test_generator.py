@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import re
+import sys
+import tempfile
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from botocore.awsrequest import AWSResponse
+from botocore.compat import HTTPHeaders
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from tests.conftest import BUCKET, load_event, load_lambda
+from bench import generator_run
+from tests.conftest import BUCKET, ROOT, load_event, load_lambda
 
 gen = load_lambda("generator")
 
@@ -21,10 +30,15 @@ KEY_RE = re.compile(
 
 
 @pytest.fixture(autouse=True)
-def fresh_client():
+def fresh_client(monkeypatch):
+    for var in ("LOG_LEVEL", "AWS_LAMBDA_LOG_LEVEL", "TRANSACTIONS_PER_RUN", "RANDOM_SEED"):
+        monkeypatch.delenv(var, raising=False)
+    root = logging.getLogger()
+    level = root.level
     gen.s3_client.cache_clear()
     yield
     gen.s3_client.cache_clear()
+    root.setLevel(level)  # the handler sets the root logger's level from LOG_LEVEL
 
 
 def _records(count: int = 500, seed: int = 7):
@@ -160,3 +174,248 @@ def test_handler_raises_when_the_bucket_is_missing(s3, monkeypatch):
     monkeypatch.setenv("BUCKET_NAME", "no-such-bucket")
     with pytest.raises(Exception, match="NoSuchBucket"):
         gen.lambda_handler(load_event("scheduled_event.json"), None)
+
+
+# --- Streaming: the handler's fast path writes the reference's bytes, in bounded chunks --------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(min_value=0, max_value=2**64),
+    count=st.integers(min_value=1, max_value=300),
+    run_time=st.datetimes(
+        min_value=datetime(1971, 1, 1), max_value=datetime(2200, 12, 31), timezones=st.just(UTC)
+    ),
+    lines_per_chunk=st.integers(min_value=1, max_value=64),
+)
+def test_streamed_lines_are_the_reference_lines_byte_for_byte(seed, count, run_time, lines_per_chunk):
+    reference = gen.to_json_lines(gen.generate_transactions(run_time, count, gen.make_rng(seed, run_time)))
+
+    chunks = list(gen.iter_json_lines(run_time, count, gen.make_rng(seed, run_time), lines_per_chunk))
+
+    assert b"".join(chunks) == reference
+    # every chunk holds whole lines, at most lines_per_chunk of them
+    assert all(chunk.endswith(b"\n") and chunk.count(b"\n") <= lines_per_chunk for chunk in chunks)
+
+
+def test_every_catalog_product_and_quantity_streams_as_the_reference_writes_it():
+    # 20,000 records reach every (product, quantity) pair of the line pieces formatted once
+    run = datetime(2026, 12, 31, 23, 58, 30, tzinfo=UTC)  # the window spans midnight and a new year
+    records = gen.generate_transactions(run, 20_000, gen.make_rng(3, run))
+    assert {(r["product_id"], r["quantity"]) for r in records} == {
+        (p.product_id, q) for p in gen.CATALOG for q in range(1, 6)
+    }
+    streamed = b"".join(gen.iter_json_lines(run, 20_000, gen.make_rng(3, run), 1000))
+    assert streamed == gen.to_json_lines(records)
+
+
+def test_the_key_is_known_before_the_body_and_both_follow_seed_and_run_time():
+    config = gen.Config(bucket=BUCKET, transactions_per_run=5, seed=9)
+    key, chunks = gen.plan_run(config, RUN_TIME)
+    assert KEY_RE.match(key)
+    assert (key, b"".join(chunks), 5) == gen.generate_run(config, RUN_TIME)
+
+
+@pytest.mark.integration
+def test_a_run_at_the_maximum_rate_writes_every_record_once_within_the_window(s3, monkeypatch, tmp_path):
+    # GIVEN the largest rate the configuration allows, and /tmp pointed at an empty folder
+    monkeypatch.setenv("BUCKET_NAME", BUCKET)
+    monkeypatch.setenv("TRANSACTIONS_PER_RUN", str(gen.MAX_TRANSACTIONS_PER_RUN))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    # WHEN the schedule fires
+    result = gen.lambda_handler(load_event("scheduled_event.json"), None)
+    # THEN one object holds all of them: valid lines, unique ids, oldest first, inside the window
+    body = s3.get_object(Bucket=BUCKET, Key=result["key"])["Body"].read()
+    lines = body.decode("utf-8").split("\n")
+    assert lines.pop() == ""  # the last line ends with LF too
+    assert len(lines) == result["count"] == gen.MAX_TRANSACTIONS_PER_RUN
+    records = [json.loads(line) for line in lines]
+    assert all(tuple(r) == gen.RAW_FIELDS for r in records)
+    assert len({r["transaction_id"] for r in records}) == len(records)
+    stamps = [r["timestamp"] for r in records]
+    assert stamps == sorted(stamps)
+    assert stamps[0] >= "2026-11-25T14:00:00.000Z"
+    assert stamps[-1] < "2026-11-25T14:05:00.000Z"
+    # AND its ETag is the MD5 of its content (one PUT, not a multipart upload), and /tmp is left empty
+    assert "-" not in s3.head_object(Bucket=BUCKET, Key=result["key"])["ETag"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_upload_raises_and_leaves_nothing_in_tmp(s3, monkeypatch, tmp_path):
+    monkeypatch.setenv("BUCKET_NAME", "no-such-bucket")
+    monkeypatch.setenv("TRANSACTIONS_PER_RUN", "20000")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    with pytest.raises(Exception, match="NoSuchBucket"):
+        gen.lambda_handler(load_event("scheduled_event.json"), None)
+
+    assert list(tmp_path.iterdir()) == []
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET)
+
+
+# --- LOG_LEVEL: any case, read when the handler loads its configuration -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "level"),
+    [
+        (None, logging.INFO),
+        ("", logging.INFO),
+        ("info", logging.INFO),
+        ("Info", logging.INFO),
+        (" debug ", logging.DEBUG),
+        ("warn", logging.WARNING),
+        ("WARN", logging.WARNING),
+        ("Warning", logging.WARNING),
+        ("error", logging.ERROR),
+        ("CRITICAL", logging.CRITICAL),
+    ],
+)
+def test_log_level_is_read_in_any_case_and_warn_means_warning(value, level):
+    env = {"BUCKET_NAME": BUCKET} | ({} if value is None else {"LOG_LEVEL": value})
+    assert gen.load_config(env).log_level == level
+
+
+@pytest.mark.parametrize("value", ["verbose", "TRACE", "FATAL", "20", "info,debug"])
+def test_an_unknown_log_level_is_a_configuration_error_that_lists_the_accepted_values(value):
+    with pytest.raises(gen.ConfigError) as raised:
+        gen.load_config({"BUCKET_NAME": BUCKET, "LOG_LEVEL": value})
+    message = str(raised.value)
+    assert "LOG_LEVEL" in message
+    assert repr(value) in message
+    assert all(name in message for name in ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL"))
+
+
+@pytest.mark.parametrize("value", ["info", "nonsense"])
+def test_the_handler_file_imports_whatever_log_level_holds(monkeypatch, value):
+    # Lambda imports the file before any invocation: a bad value must not make every invocation fail
+    monkeypatch.setenv("LOG_LEVEL", value)
+    path = ROOT / "lambda" / "generator" / "lambda_function.py"
+    name = f"generator_import_check_{value}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    assert module.parse_log_level("info") == logging.INFO
+
+
+def test_the_handler_with_an_unknown_log_level_fails_naming_it_before_writing(s3, monkeypatch):
+    monkeypatch.setenv("BUCKET_NAME", BUCKET)
+    monkeypatch.setenv("LOG_LEVEL", "loud")
+    with pytest.raises(gen.ConfigError, match="LOG_LEVEL"):
+        gen.lambda_handler(load_event("scheduled_event.json"), None)
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET)
+
+
+def test_log_level_warning_quiets_the_handlers_info_logs_but_not_its_metrics(s3, monkeypatch, capsys, caplog):
+    monkeypatch.setenv("BUCKET_NAME", BUCKET)
+    monkeypatch.setenv("LOG_LEVEL", "warning")
+
+    gen.lambda_handler(load_event("scheduled_event.json"), None)
+
+    assert logging.getLogger().level == logging.WARNING
+    assert not [r for r in caplog.records if r.levelno < logging.WARNING]
+    emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    assert [line["RecordsGenerated"] for line in emf] == [1]
+
+
+# --- Metrics: stamped when emitted, and a log level that would drop them is reported ------------------
+
+
+def test_a_replayed_event_from_weeks_ago_is_stamped_with_the_time_the_metrics_are_emitted(
+    s3, monkeypatch, capsys
+):
+    # GIVEN the sample scheduled event (2026-11-25T14:05Z) replayed four weeks later
+    monkeypatch.setenv("BUCKET_NAME", BUCKET)
+    now = datetime(2026, 12, 23, 9, 30, 15, 250_000, tzinfo=UTC)
+    # WHEN the handler runs with that clock
+    monkeypatch.setattr(gen, "_utc_now", lambda: now)
+    result = gen.lambda_handler(load_event("scheduled_event.json"), None)
+    # THEN the data keeps the event's day, and the metric datapoint carries the time it was emitted
+    assert result["key"].startswith("raw/year=2026/month=11/day=25/transactions-20261125T140500Z-")
+    (emf,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    assert emf["_aws"]["Timestamp"] == 1_798_018_215_250 == int(now.timestamp() * 1000)
+
+
+def test_an_event_without_time_runs_at_the_clocks_time(s3, monkeypatch):
+    monkeypatch.setenv("BUCKET_NAME", BUCKET)
+    now = datetime(2027, 2, 3, 4, 5, 6, tzinfo=UTC)
+    monkeypatch.setattr(gen, "_utc_now", lambda: now)
+    result = gen.lambda_handler({}, None)
+    assert "/year=2027/month=02/day=03/transactions-20270203T040506Z-" in result["key"]
+
+
+@pytest.mark.parametrize("lambda_level", ["WARN", "error", "FATAL"])
+def test_a_lambda_log_level_that_drops_the_metrics_is_logged_as_an_error(
+    s3, monkeypatch, caplog, lambda_level
+):
+    monkeypatch.setenv("BUCKET_NAME", BUCKET)
+    monkeypatch.setenv("AWS_LAMBDA_LOG_LEVEL", lambda_level)
+
+    gen.lambda_handler(load_event("scheduled_event.json"), None)
+
+    (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert f"application log level is {lambda_level.upper()}" in record.getMessage()
+    assert "INFO" in record.getMessage()
+    assert "LOG_LEVEL" in record.getMessage()
+
+
+@pytest.mark.parametrize("lambda_level", [None, "TRACE", "DEBUG", "INFO"])
+def test_a_lambda_log_level_that_keeps_the_metrics_logs_no_error(s3, monkeypatch, caplog, lambda_level):
+    monkeypatch.setenv("BUCKET_NAME", BUCKET)
+    if lambda_level is not None:
+        monkeypatch.setenv("AWS_LAMBDA_LOG_LEVEL", lambda_level)
+
+    gen.lambda_handler(load_event("scheduled_event.json"), None)
+
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+# --- The benchmark measures against the stack's own limits --------------------------------------------
+
+
+def test_the_generator_benchmark_reads_its_limits_from_the_stack():
+    assert generator_run.generator_limits() == {"memory_mb": 128, "timeout_s": 30, "tmp_mb": 512}
+
+
+def test_a_put_retried_after_its_body_was_sent_stores_the_whole_file(s3, monkeypatch):
+    # GIVEN the first PUT's body reaches S3 but its answer is a 500 (moto reads every request's body,
+    # so the retry finds the temporary file at its end unless botocore rewinds it)
+    monkeypatch.setenv("BUCKET_NAME", BUCKET)
+    monkeypatch.setenv("TRANSACTIONS_PER_RUN", "5000")
+    monkeypatch.setenv("RANDOM_SEED", "11")
+    attempts = []
+
+    def fail_first_put(request, **_):
+        attempts.append(request.url)
+        if len(attempts) == 1:
+            return AWSResponse(
+                request.url, 500, HTTPHeaders(), _RawBody(b"<Error><Code>InternalError</Code></Error>")
+            )
+        return None
+
+    gen.s3_client().meta.events.register_first("before-send.s3.PutObject", fail_first_put)
+    # WHEN the schedule fires
+    result = gen.lambda_handler(load_event("scheduled_event.json"), None)
+    # THEN botocore's retry sent the file again from its start: the object is the whole run
+    assert len(attempts) == 2
+    run_time = datetime(2026, 11, 25, 14, 5, tzinfo=UTC)
+    key, body, _ = gen.generate_run(gen.Config(BUCKET, 5000, 11), run_time)
+    assert result["key"] == key
+    assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == body
+
+
+class _RawBody:
+    """The raw stream botocore reads an error response from."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def stream(self, **_):
+        yield self._data
+
+    def read(self, *_):
+        data, self._data = self._data, b""
+        return data
