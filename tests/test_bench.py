@@ -42,7 +42,7 @@ def test_every_generated_record_passes_the_transformers_validation(tmp_path: Pat
     transformer = load_lambda("transformer")
     path = data.clean_file(tmp_path, 1_000, seed=3, workers=1)
 
-    results = [transformer.validate_line(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    results = [transformer.validate_line(line) for line in path.read_bytes().splitlines()]
 
     assert not [r for r in results if isinstance(r, transformer.Reject)]
 

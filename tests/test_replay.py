@@ -405,7 +405,7 @@ def test_rebuild_on_lambda_invokes_the_transformer_asynchronously_and_counts_eac
     assert [p["InvocationType"] for p in payloads] == ["Event"] * 3
     assert [unquote_plus(p["Payload"]["Records"][0]["s3"]["object"]["key"]) for p in payloads] == raw
     assert all(p["Payload"]["force"] is True for p in payloads)
-    assert "python -m tools.replay compact --bucket your-ecommerce-bucket --marked --from 2024-11-25" in out
+    assert f"python -m tools.replay compact --bucket {BUCKET} --marked --from 2024-11-25" in out
 
 
 def test_rebuild_on_lambda_waits_for_each_state_to_commit_then_compacts_every_day_touched(
@@ -616,7 +616,7 @@ def test_access_denied_on_s3_names_the_permission_and_the_policy_file(
 
     err = capsys.readouterr().err
     assert code == 1
-    assert "listing s3://your-ecommerce-bucket/raw/year=2024/month=11/day=25/: access denied" in err
+    assert f"listing s3://{BUCKET}/raw/year=2024/month=11/day=25/: access denied" in err
     assert "this needs s3:ListBucket (see infra/iam/operator-replay-policy.json)" in err
 
 
@@ -1310,11 +1310,11 @@ def test_the_operator_policy_grants_exactly_the_calls_the_tool_makes(s3: Any, qu
     used: set[str] = set()
     for service, operation, params in calls:
         if service == "s3":
-            resource = "arn:aws:s3:::BUCKET_NAME" + (f"/{params['Key']}" if "Key" in params else "")
+            resource = "arn:aws:s3:::{{BUCKET}}" + (f"/{params['Key']}" if "Key" in params else "")
         elif service == "sqs":
-            resource = "arn:aws:sqs:REGION:ACCOUNT_ID:ecommerce-transformer-failures"
+            resource = "arn:aws:sqs:{{REGION}}:{{ACCOUNT}}:ecommerce-transformer-failures"
         else:
-            resource = f"arn:aws:lambda:REGION:ACCOUNT_ID:function:{params['FunctionName']}"
+            resource = f"arn:aws:lambda:{{{{REGION}}}}:{{{{ACCOUNT}}}}:function:{params['FunctionName']}"
         for action in IAM_ACTIONS[operation]:
             assert _allowed(policy, action, resource, params), f"{operation} on {resource} needs {action}"
             used.add(action)
@@ -1433,7 +1433,9 @@ def test_the_tool_works_under_the_operator_policy_with_iam_enforced(s3: Any) -> 
     # or a function's ARN, as IAM wants it, reads as denied there; the test above checks those.)
     text = (ROOT / "infra" / "iam" / "operator-replay-policy.json").read_text(encoding="utf-8")
     document = (
-        text.replace("BUCKET_NAME", BUCKET).replace("ACCOUNT_ID", "123456789012").replace("REGION", REGION)
+        text.replace("{{BUCKET}}", BUCKET)
+        .replace("{{ACCOUNT}}", "123456789012")
+        .replace("{{REGION}}", REGION)
     )
     iam = boto3.client("iam", region_name=REGION)
     iam.create_user(UserName="operator")
