@@ -72,15 +72,15 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _import_impl(impl: str, *, warm_client: bool = True) -> tuple[Any, float]:
-    """The implementation's callable (bucket, key) -> rows, and the seconds its import took. With
-    `client`, the transformer's S3 client is created here too (the reference always creates its own);
-    without, its first invocation creates it, as on Lambda."""
+def _import_impl(impl: str, *, warm_client: bool = True) -> tuple[Any, float, Any]:
+    """The implementation's callable (bucket, key) -> rows, the seconds its import took, and its S3 client
+    (None until the first invocation creates it). With `warm_client`, the transformer's S3 client is
+    created here too (the reference always creates its own); without, its first invocation creates it, as
+    on Lambda."""
     started = time.perf_counter()
     if impl == "transformer":
         module = load_handler("transformer")
-        if warm_client:
-            module.s3_client()
+        client = module.s3_client() if warm_client else None
         elapsed = time.perf_counter() - started
 
         def run(bucket: str, key: str) -> dict[str, int]:
@@ -90,14 +90,34 @@ def _import_impl(impl: str, *, warm_client: bool = True) -> tuple[Any, float]:
             (summary,) = result["processed"]
             return {"rows": summary["rows_written"], "quarantined": summary["quarantined"]}
 
-        return run, elapsed
+        return run, elapsed, client
     import boto3
 
     from bench import reference
 
     client = boto3.client("s3")
     elapsed = time.perf_counter() - started
-    return (lambda bucket, key: {"rows": reference.transform(client, bucket, key), "quarantined": 0}), elapsed
+    return (
+        (lambda bucket, key: {"rows": reference.transform(client, bucket, key), "quarantined": 0}),
+        elapsed,
+        client,
+    )
+
+
+class RequestCounter:
+    """Counts the HTTP requests a boto3 client sends, by operation (botocore's before-send event fires once
+    per request sent, retries included: what S3 bills)."""
+
+    def __init__(self, client: Any) -> None:
+        self.counts: dict[str, int] = {}
+        client.meta.events.register("before-send.s3", self._count)
+
+    def _count(self, event_name: str, **_: Any) -> None:
+        operation = event_name.rsplit(".", 1)[-1]
+        self.counts[operation] = self.counts.get(operation, 0) + 1
+
+    def total(self) -> int:
+        return sum(self.counts.values())
 
 
 def measure_imports(impl: str) -> dict[str, Any]:
@@ -124,7 +144,7 @@ def measure_work(impl: str, bucket: str, keys: list[str], profile: str | None) -
     """
     *warmups, key = keys
     started_cpu = cpu_seconds()
-    run, import_s = _import_impl(impl, warm_client=bool(warmups))
+    run, import_s, _ = _import_impl(impl, warm_client=bool(warmups))
     import_cpu_s = cpu_seconds() - started_cpu
     for warmup in warmups:
         run(bucket, warmup)
@@ -173,15 +193,28 @@ def measure_duckdb(source: str, target: str) -> dict[str, Any]:
 
 
 def measure_small(impl: str, bucket: str, keys: list[str]) -> dict[str, Any]:
-    """Warm invocations: the first one is discarded, the rest give the median per invocation."""
-    run, import_s = _import_impl(impl)
-    times = []
-    for key in keys:
+    """Warm invocations: the first one is discarded, the rest give the median per invocation, and the S3
+    requests each one sends (by operation, summed over the warm ones)."""
+    run, import_s, client = _import_impl(impl)
+    counter = RequestCounter(client)
+    times, requests = [], []
+    for index, key in enumerate(keys):
+        if index == 1:
+            counter.counts.clear()
+        before = counter.total()
         started = time.perf_counter()
         run(bucket, key)
         times.append(time.perf_counter() - started)
+        requests.append(counter.total() - before)
     warm = times[1:]
-    return {"import_s": import_s, "first_s": times[0], "median_s": statistics.median(warm), "n": len(warm)}
+    return {
+        "import_s": import_s,
+        "first_s": times[0],
+        "median_s": statistics.median(warm),
+        "n": len(warm),
+        "requests_per_invocation": statistics.median(requests[1:]),
+        "requests_by_operation": dict(sorted(counter.counts.items())),
+    }
 
 
 def check_outputs(s3: Any, bucket: str, summary: dict[str, Any]) -> None:

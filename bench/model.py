@@ -348,6 +348,18 @@ def last_block_bytes(size: int, block_bytes: int = 8 * MIB) -> int:
 # --- Small files, queries, compaction -------------------------------------------------------------------
 
 
+def _requests(run: Mapping[str, Any]) -> str:
+    by_operation = ", ".join(f"{op} {n / run['n']:g}" for op, n in run["requests_by_operation"].items())
+    return f"{run['requests_per_invocation']:g} ({by_operation})"
+
+
+def _requests_note(tra: Mapping[str, Any], ref: Mapping[str, Any]) -> str:
+    """S3 requests per warm invocation of each (a run saved before they were counted has none)."""
+    if "requests_per_invocation" not in tra or "requests_per_invocation" not in ref:
+        return ""
+    return f"; S3 requests per invocation {_requests(tra)} vs reference {_requests(ref)}"
+
+
 def small_file_figures(imports: Mapping[str, Any] | None, small: Mapping[str, Any] | None) -> list[Figure]:
     """The normal case, objects of 1 to 3 records: cold import and warm invocations against the reference."""
     out = []
@@ -372,9 +384,11 @@ def small_file_figures(imports: Mapping[str, Any] | None, small: Mapping[str, An
             Figure(
                 "small",
                 f"warm invocation, 1-3 record object (median of {tra['n']})",
-                f"{tra['median_s'] * 1000:.1f} ms vs reference {ref['median_s'] * 1000:.1f} ms = {warm:.2f}x",
-                "<= 1.25x",
-                warm <= 1.25,
+                f"{tra['median_s'] * 1000:.1f} ms vs reference {ref['median_s'] * 1000:.1f} ms = {warm:.2f}x"
+                + _requests_note(tra, ref),
+                "report (was <= 1.25x: issue 9's state read, lock, commit and HEAD add S3 requests to "
+                "every invocation)",
+                None,
                 warm,
             )
         )
