@@ -217,6 +217,24 @@ def measure_small(impl: str, bucket: str, keys: list[str]) -> dict[str, Any]:
     }
 
 
+def measure_mechanisms(spec: dict[str, Any]) -> dict[str, Any]:
+    """bench/mechanisms.py on the files the parent made (spec: clean {records: path}, malformed path, names,
+    rounds, call_rounds, calls, seed): the small objects are the generator's 1- and 3-record files."""
+    from bench import data, mechanisms
+
+    bodies = {1 + index % 3: body for index, (_, body) in enumerate(data.small_bodies(3, spec["seed"]))}
+    return mechanisms.measure(
+        load_handler("transformer"),
+        clean={int(records): Path(path) for records, path in spec["clean"].items()},
+        malformed=Path(spec["malformed"]),
+        names=tuple(spec["names"]),
+        rounds=spec["rounds"],
+        call_rounds=spec["call_rounds"],
+        calls=spec["calls"],
+        small_bodies={records: bodies[records] for records in (1, 3)},
+    )
+
+
 def check_outputs(s3: Any, bucket: str, summary: dict[str, Any]) -> None:
     """Every Parquet output of one invocation reads back whole and valid, with the rows it reported."""
     import pyarrow as pa
@@ -284,7 +302,7 @@ def peak_rss_mib() -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["imports", "work", "small", "duckdb", "loop"])
+    parser.add_argument("mode", choices=["imports", "work", "small", "duckdb", "loop", "mechanisms"])
     parser.add_argument("--impl", choices=["transformer", "reference"], default="transformer")
     parser.add_argument("--bucket", default="")
     parser.add_argument("--key", action="append", default=[])
@@ -293,6 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--source", default="", help="duckdb: the JSON Lines file")
     parser.add_argument("--target", default="", help="duckdb: the Parquet file to write (deleted after)")
     parser.add_argument("--profile", default=None)
+    parser.add_argument("--spec", default="{}", help="mechanisms: what to measure, as JSON")
     args = parser.parse_args(argv)
     if args.mode == "imports":
         result = measure_imports(args.impl)
@@ -300,6 +319,8 @@ def main(argv: list[str] | None = None) -> None:
         result = measure_work(args.impl, args.bucket, args.key, args.profile)
     elif args.mode == "duckdb":
         result = measure_duckdb(args.source, args.target)
+    elif args.mode == "mechanisms":
+        result = measure_mechanisms(json.loads(args.spec))
     elif args.mode == "loop":
         result = reliability_loop(args.bucket, args.key, args.expect, args.runs)
     else:

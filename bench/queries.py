@@ -11,6 +11,7 @@ import io
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -23,7 +24,7 @@ import pyarrow.dataset as ds
 from pyarrow import fs
 
 from bench._child import s3_event
-from bench.harness import BUCKET, REGION, BenchError, aws_env, load_lambda, median
+from bench.harness import BUCKET, REGION, TMP_ROOT, BenchError, aws_env, load_lambda, median
 from local import catalog
 
 if TYPE_CHECKING:
@@ -148,9 +149,13 @@ def parquet_vs_json(
 
 @contextlib.contextmanager
 def handlers_on(endpoint: str) -> Iterator[tuple[ModuleType, ModuleType, ModuleType]]:
-    """The generator, transformer and compactor in this process, pointed at moto's server."""
+    """The generator, transformer and compactor in this process, pointed at moto's server, with a /tmp of
+    their own as in a Lambda container: the compactor removes every compactor directory it finds in /tmp
+    (one a killed invocation left), which on a shared machine may be another process's live one."""
     saved = {k: os.environ.get(k) for k in aws_env(endpoint)}
     os.environ.update(aws_env(endpoint))
+    TMP_ROOT.mkdir(parents=True, exist_ok=True)
+    saved_tempdir, tempfile.tempdir = tempfile.tempdir, tempfile.mkdtemp(prefix="handlers-", dir=TMP_ROOT)
     modules = (load_lambda("generator"), load_lambda("transformer"), load_lambda("compactor"))
     for module in modules:
         module.s3_client.cache_clear()
@@ -160,6 +165,8 @@ def handlers_on(endpoint: str) -> Iterator[tuple[ModuleType, ModuleType, ModuleT
     finally:
         for module in modules:
             module.s3_client.cache_clear()
+        shutil.rmtree(tempfile.tempdir, ignore_errors=True)
+        tempfile.tempdir = saved_tempdir
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

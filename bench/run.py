@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench import data, generator_run, model, queries
+from bench import data, generator_run, mechanisms, model, queries
 from bench._child import LOOP_MARK
 from bench.harness import (
     BUCKET,
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 # bench.generator_run and bench.compactor_day import these from here.
 __all__ = ["BUCKET", "MIB", "BenchError", "aws_env", "machine", "main", "moto_server", "s3_for"]
 
-SECTIONS = ("transformer", "sizes", "limits", "loop", "small", "queries", "compaction")
+SECTIONS = ("transformer", "mechanisms", "sizes", "limits", "loop", "small", "queries", "compaction")
 TEMPLATE = ROOT / "infra" / "template.yaml"
 DAY_PREFIX = "raw/year=2026/month=11/day=25/"
 # The transformer reads an object in blocks of this many bytes; the loop's second file ends just past a
@@ -68,6 +68,7 @@ FAILED_RUNS: list[dict[str, Any]] = []
 WARMUP_KEY = "raw/year=2026/month=11/day=24/transactions-20261124T000500Z-0000warm.json"
 TITLES = {
     "transformer": "Issue 8: the transformer against the bare reference, as Lambda bills it",
+    "mechanisms": "Issue 8: what each of the transformer's mechanisms saves against the simplest alternative",
     "sizes": "Issue 8: the largest file each memory setting handles",
     "limits": "Issue 10: every function against its limits at the generator's maximum rate",
     "loop": "Issue 8: the reliability loop (one process, like a warm Lambda container)",
@@ -207,6 +208,52 @@ def transformer_section(
             log(f"profile written to {path}")
     section.update(records=records, raw_mib=raw.stat().st_size / MIB, keys=[key, bad_key])
     return section
+
+
+# --- Issue 8: the transformer's mechanisms -------------------------------------------------------------
+
+
+def mechanisms_section(
+    sizes: list[int],
+    names: list[str],
+    *,
+    rounds: int,
+    call_rounds: int,
+    calls: int,
+    seed: int,
+    work: Path,
+    workers: int,
+) -> dict[str, Any]:
+    """bench/mechanisms.py in one child pinned to one core, on the clean files of `sizes` records and the
+    largest one with 1% malformed lines."""
+    clean = {records: data.clean_file(work, records, seed, workers) for records in sizes}
+    spec = {
+        "clean": {str(records): str(path) for records, path in clean.items()},
+        "malformed": str(data.malformed_file(clean[max(sizes)])),
+        "names": names,
+        "rounds": rounds,
+        "call_rounds": call_rounds,
+        "calls": calls,
+        "seed": seed,
+    }
+    log(f"mechanisms: {', '.join(names)} on {', '.join(f'{n:,}' for n in sizes)} records, one core")
+    result = run_child(["mechanisms", "--spec", json.dumps(spec)], {}, pin=True)
+    result["names"] = names
+    return result
+
+
+def mechanisms_table(section: dict[str, Any], quick: bool) -> str:
+    base = "--only mechanisms" + (" --quick" if quick else "")
+    return model.render_grid(
+        ("mechanism", "measured gain", "command"),
+        [
+            (mechanism, gain, f'make bench ARGS="{base} --mechanisms {name}"')
+            for name, mechanism, gain in model.mechanism_rows(section)
+        ],
+    ) + (
+        "\nCPU seconds on one core (taskset -c 0), in one process, no S3: a per-call figure is the handler's "
+        "own work (bench/mechanisms.py says how each alternative is made)."
+    )
 
 
 # --- Issue 8: the largest file each memory setting handles ----------------------------------------------
@@ -568,7 +615,9 @@ def report(results: dict[str, Any], figures: list[Figure]) -> str:
         )
     for section in SECTIONS:
         rows = [f for f in figures if f.section == section]
-        if section == "sizes" and "sizes" in results:
+        if section == "mechanisms" and "mechanisms" in results:
+            parts.append(f"\n{TITLES[section]}\n{mechanisms_table(results['mechanisms'], results['quick'])}")
+        elif section == "sizes" and "sizes" in results:
             parts.append(f"\n{TITLES[section]}\n{sizes_tables(results['sizes'])}")
         elif section == "limits" and "limits" in results:
             parts.append(f"\n{TITLES[section]}\n{limits_table(results['limits'])}")
@@ -623,6 +672,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--rate", type=_positive, default=100_000, help="transactions per run for the limits and the loop"
     )
     parser.add_argument("--sizes", type=_counts, default=None, help="record counts for the largest-file fit")
+    parser.add_argument(
+        "--mechanisms",
+        default=",".join(mechanisms.NAMES),
+        help=f"mechanisms section: comma-separated of {mechanisms.NAMES}",
+    )
     parser.add_argument("--profile", action="store_true", help="pyinstrument profiles in bench/out/")
     parser.add_argument("--out", type=Path, default=OUT / "results.json")
     parser.add_argument(
@@ -640,6 +694,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"--only: unknown section(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
     args.only = {"loop"} if args.loop else only
+    chosen = [m.strip() for m in args.mechanisms.split(",") if m.strip()]
+    if not chosen or set(chosen) - set(mechanisms.NAMES):
+        parser.error(f"--mechanisms: choose from {', '.join(mechanisms.NAMES)}")
+    args.mechanisms = [m for m in mechanisms.NAMES if m in chosen]
     if args.quick:
         args.records = min(args.records, 50_000)
         args.repeat = 1
@@ -684,6 +742,17 @@ def main(argv: list[str] | None = None) -> int:
         if "transformer" in args.only:
             results["transformer"] = transformer_section(
                 endpoint, uploads, raw, repeat=args.repeat, work=work, profile=args.profile
+            )
+        if "mechanisms" in args.only:
+            results["mechanisms"] = mechanisms_section(
+                sorted({args.rate, args.records}),
+                args.mechanisms,
+                rounds=args.repeat,
+                call_rounds=1 if args.quick else 7,
+                calls=10 if args.quick else 200,
+                seed=args.seed,
+                work=work,
+                workers=workers,
             )
         if "sizes" in args.only:
             results["sizes"] = sizes_section(
