@@ -6,14 +6,16 @@ from __future__ import annotations
 import io
 import json
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from botocore.exceptions import ClientError
 
-from bench import _child, data, harness, model, reference
+from bench import _child, data, harness, mechanisms, model, queries, reference
 from bench import run as bench_run
 from bench._child import s3_event
 from bench.generator_run import ONE_VCPU_MB
@@ -237,6 +239,14 @@ def test_loop_runs_only_the_reliability_loop():
     assert bench_run.parse_args(["--loop", "--runs", "7"]).runs == 7
 
 
+def test_mechanisms_are_all_measured_by_default_and_a_choice_keeps_the_docstrings_order():
+    assert bench_run.parse_args([]).mechanisms == list(mechanisms.NAMES)
+    assert bench_run.parse_args(["--mechanisms", "seen_ids, fast_path"]).mechanisms == [
+        "fast_path",
+        "seen_ids",
+    ]
+
+
 def test_sizes_are_parsed_sorted_and_deduplicated():
     assert bench_run.parse_args(["--sizes", "3_000,1000,1000"]).sizes == [1_000, 3_000]
 
@@ -249,6 +259,8 @@ def test_sizes_are_parsed_sorted_and_deduplicated():
         ["--sizes", "ten"],
         ["--runs", "0"],
         ["--repeat", "-1"],
+        ["--mechanisms", "fast_path,bloom_filter"],
+        ["--mechanisms", ","],
     ],
 )
 def test_bad_arguments_are_refused(argv: list[str], capsys: pytest.CaptureFixture[str]):
@@ -583,3 +595,243 @@ def test_a_saved_run_is_reported_again_without_measuring(tmp_path: Path, capsys:
     assert status == 1
     assert "Command: python -m bench.run --loop" in printed
     assert "49/50 without an error" in printed
+
+
+# --- Small files: the warm invocation and its S3 requests -----------------------------------------------
+
+
+def test_the_request_counter_counts_each_request_a_client_sends_by_operation(s3):
+    counter = _child.RequestCounter(s3)
+
+    s3.put_object(Bucket=BUCKET, Key="a", Body=b"x")
+    s3.get_object(Bucket=BUCKET, Key="a")["Body"].read()
+    s3.head_object(Bucket=BUCKET, Key="a")
+    s3.get_object(Bucket=BUCKET, Key="a")
+
+    assert counter.counts == {"PutObject": 1, "GetObject": 2, "HeadObject": 1}
+    assert counter.total() == 4
+
+
+def _small(median_s: float, requests: int, by_operation: dict[str, int]) -> dict[str, Any]:
+    return {
+        "median_s": median_s,
+        "first_s": median_s * 2,
+        "n": 10,
+        "requests_per_invocation": requests,
+        "requests_by_operation": by_operation,
+    }
+
+
+def test_the_warm_small_file_figure_is_reported_with_each_implementations_requests_and_no_verdict():
+    small = {
+        "transformer": _small(0.08, 8, {"GetObject": 30, "HeadObject": 10, "PutObject": 40}),
+        "reference": _small(0.02, 2, {"GetObject": 10, "PutObject": 10}),
+    }
+
+    figures = model.small_file_figures(None, small)
+
+    warm = _goal(figures, "warm invocation")
+    assert warm.passed is None
+    assert warm.value == pytest.approx(4.0)
+    assert "S3 requests per invocation 8 (GetObject 3, HeadObject 1, PutObject 4)" in warm.measured
+    assert "vs reference 2 (GetObject 1, PutObject 1)" in warm.measured
+    assert "state read, lock, commit and HEAD" in warm.target
+
+
+def test_a_small_file_run_saved_before_requests_were_counted_is_still_reported():
+    old = {"median_s": 0.05, "first_s": 0.1, "n": 40}
+
+    figures = model.small_file_figures(None, {"transformer": old, "reference": {**old, "median_s": 0.025}})
+
+    assert _goal(figures, "warm invocation").measured == "50.0 ms vs reference 25.0 ms = 2.00x"
+
+
+def test_the_handlers_of_the_compaction_section_get_a_tmp_of_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(queries, "TMP_ROOT", tmp_path / "tmp")
+    outside = tempfile.gettempdir()
+
+    with queries.handlers_on("http://127.0.0.1:9") as (_, _, compactor):
+        inside = Path(tempfile.gettempdir())
+        (inside / f"{compactor.TMP_PREFIX}live").mkdir()
+
+    assert inside.parent == tmp_path / "tmp"
+    assert not inside.exists()
+    assert tempfile.gettempdir() == outside
+
+
+# --- The transformer's mechanisms -----------------------------------------------------------------------
+
+SMALL_KEY = "raw/year=2026/month=11/day=25/transactions-20261125T000500Z-00000001.json"
+
+
+def test_the_fake_s3_refuses_a_conditional_put_whose_condition_fails():
+    s3 = mechanisms.FakeS3()
+    etag = s3.put_object(Bucket="b", Key="k", Body=b"one", IfNoneMatch="*")["ETag"]
+
+    with pytest.raises(ClientError, match="PreconditionFailed"):
+        s3.put_object(Bucket="b", Key="k", Body=b"two", IfNoneMatch="*")
+    with pytest.raises(ClientError, match="PreconditionFailed"):
+        s3.put_object(Bucket="b", Key="k", Body=b"two", IfMatch='"other"')
+    s3.put_object(Bucket="b", Key="k", Body=io.BytesIO(b"two"), IfMatch=etag)
+    assert s3.get_object(Bucket="b", Key="k")["Body"].read() == b"two"
+    with pytest.raises(ClientError, match="NoSuchKey"):
+        s3.head_object(Bucket="b", Key="missing")
+
+
+def test_the_transformer_runs_whole_invocations_on_the_fake_s3_as_on_s3():
+    transformer = load_lambda("transformer")
+    ((_, body),) = data.small_bodies(1, seed=3)
+    s3 = mechanisms.FakeS3()
+    s3.put_object(Bucket=mechanisms.BUCKET, Key=SMALL_KEY, Body=body)
+
+    rows = mechanisms.per_call(transformer, s3, SMALL_KEY, calls=3)()
+    obj = transformer.S3Object(mechanisms.BUCKET, SMALL_KEY)
+    unforced = transformer.process_object(s3, obj, mechanisms.BUCKET)
+
+    name = transformer.output_name(SMALL_KEY)
+    table = pq.read_table(
+        io.BytesIO(s3.objects[f"processed/transactions/year=2026/month=11/day=25/{name}.parquet"][0])
+    )
+    state = json.loads(s3.objects[transformer.state_key(SMALL_KEY)][0])
+    assert rows == 1
+    assert table.num_rows == 1
+    assert (state["lock"], state["rows_written"]) == (None, 1)
+    assert unforced is not None
+    assert unforced["skipped"] == "content already processed"
+
+
+def test_a_patch_switches_a_mechanism_off_only_while_it_runs():
+    transformer = load_lambda("transformer")
+    limit = transformer.SMALL_BLOCK_LINES
+
+    seen = mechanisms.with_patch(lambda: transformer.SMALL_BLOCK_LINES, transformer, SMALL_BLOCK_LINES=0)()
+    with pytest.raises(ZeroDivisionError), mechanisms.patched(transformer, SMALL_BLOCK_LINES=0):
+        _ = 1 / transformer.SMALL_BLOCK_LINES
+
+    assert seen == 0
+    assert limit == transformer.SMALL_BLOCK_LINES
+
+
+def test_interleaving_runs_every_variant_each_round_in_alternating_order_and_keeps_the_minimum():
+    order: list[str] = []
+
+    def variant(name: str) -> Any:
+        def run() -> str:
+            order.append(name)
+            return name
+
+        return run
+
+    measured = mechanisms.interleaved({"a": variant("a"), "b": variant("b")}, rounds=3)
+
+    assert order == ["a", "b", "b", "a", "a", "b"]
+    assert measured["a"]["min_cpu_s"] == min(measured["a"]["cpu_s"])
+    assert len(measured["b"]["cpu_s"]) == 3
+    assert measured["b"]["result"] == "b"
+
+
+def test_every_mechanism_and_its_alternative_write_the_same_rows(tmp_path: Path):
+    transformer = load_lambda("transformer")
+    clean = {records: data.clean_file(tmp_path, records, seed=5, workers=1) for records in (100, 400)}
+    malformed = data.malformed_file(clean[400])
+    bodies = {1 + i % 3: body for i, (_, body) in enumerate(data.small_bodies(3, seed=5))}
+
+    section = mechanisms.measure(
+        transformer,
+        clean=clean,
+        malformed=malformed,
+        rounds=1,
+        call_rounds=1,
+        calls=2,
+        small_bodies={1: bodies[1], 3: bodies[3]},
+    )
+
+    assert section["fast_path"]["400"]["fast"]["result"] == (400, 0)
+    assert section["routing"]["routed"]["result"] == (396, 4)
+    assert section["small_blocks"]["3"]["pyarrow"]["result"] == 3
+    assert section["seen_ids"]["ids"] == 400
+    assert section["seen_ids"]["seen_ids"]["held_mib"] < section["seen_ids"]["python_set"]["held_mib"]
+    assert section["in_memory"]["tmp_dir"]["ms_per_call"] > 0
+    rows = model.mechanism_rows(section)
+    assert [name for name, _, _ in rows] == [
+        "fast_path",
+        "fast_path",
+        "routing",
+        "small_blocks",
+        "small_blocks",
+        "seen_ids",
+        "in_memory",
+    ]
+
+
+def test_variants_that_write_different_rows_stop_the_measurement():
+    with pytest.raises(AssertionError, match="the variants disagree"):
+        mechanisms._same({"a": {"result": (3, 0)}, "b": {"result": (2, 1)}}, "x")
+
+
+def _timed(cpu_s: float) -> dict[str, Any]:
+    return {"min_cpu_s": cpu_s, "cpu_s": [cpu_s], "result": 0}
+
+
+def _mechanisms(**overrides: Any) -> dict[str, Any]:
+    section: dict[str, Any] = {
+        "rounds": 3,
+        "call_rounds": 7,
+        "calls": 200,
+        "small_block_lines": 32,
+        "in_memory_bytes": 8 << 20,
+        "fast_path": {"1000000": {"fast": _timed(3.0), "exact_only": _timed(30.0)}},
+        "routing": {"records": 1_000_000, "routed": _timed(4.0), "line_by_line": _timed(32.0)},
+        "small_blocks": {
+            "1": {
+                "exact_path": {**_timed(0.4), "ms_per_call": 2.0},
+                "pyarrow": {**_timed(0.6), "ms_per_call": 3.0},
+            }
+        },
+        "seen_ids": {
+            "ids": 1_048_576,
+            "seen_ids": {**_timed(0.5), "peak_mib": 40.0, "held_mib": 16.0},
+            "python_set": {**_timed(1.0), "peak_mib": 160.0, "held_mib": 120.0},
+        },
+        "in_memory": {
+            "records": 1,
+            "in_memory": {**_timed(0.4), "ms_per_call": 2.0},
+            "tmp_dir": {**_timed(0.5), "ms_per_call": 2.5},
+        },
+    }
+    section.update(overrides)
+    return section
+
+
+def test_each_mechanisms_gain_is_its_alternatives_cost_over_its_own():
+    rows = {name: gain for name, _, gain in model.mechanism_rows(_mechanisms())}
+
+    assert rows["fast_path"].startswith("10.0x less CPU: 3.00 s vs 30.00 s")
+    assert rows["routing"].startswith("8.0x less CPU: 4.00 s vs 32.00 s")
+    assert rows["small_blocks"].startswith("1.00 ms less CPU per call (1.50x): 2.00 ms vs 3.00 ms")
+    assert rows["seen_ids"].startswith(
+        "4.0x less memory: peak 40 vs 160 MiB, held at the end 16 vs 120 bytes"
+    )
+    assert rows["in_memory"].startswith("0.50 ms less CPU per call (1.25x)")
+
+
+def test_a_mechanism_that_does_not_pay_is_flagged():
+    slower = {
+        "records": 1,
+        "in_memory": {**_timed(0.5), "ms_per_call": 2.5},
+        "tmp_dir": {**_timed(0.4), "ms_per_call": 2.0},
+    }
+
+    rows = {name: gain for name, _, gain in model.mechanism_rows(_mechanisms(in_memory=slower))}
+
+    assert rows["in_memory"].startswith("NO GAIN: -0.50 ms less CPU per call (0.80x)")
+    assert not rows["fast_path"].startswith("NO GAIN")
+
+
+def test_the_mechanisms_table_gives_the_command_that_measures_each_row():
+    table = bench_run.mechanisms_table(_mechanisms(), quick=False)
+
+    assert 'make bench ARGS="--only mechanisms --mechanisms routing"' in table
+    assert "taskset -c 0" in table
