@@ -2,8 +2,8 @@
 
 Imports of boto3, pyarrow and duckdb happen inside the measured functions, never at module level, so
 the import figures start from a bare interpreter. CPU seconds are this process's user + system time
-(getrusage RUSAGE_SELF: every thread, the transformer's background writer included) over the measured
-call only; the parent also takes the whole process's from wait4.
+(getrusage RUSAGE_SELF: every thread, pyarrow's included) over the measured call only; the parent also
+takes the whole process's from wait4.
 """
 
 # ruff: noqa: PLC0415 - imports inside functions are what this file measures

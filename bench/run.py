@@ -1,5 +1,6 @@
-"""`make bench`: the transformer as Lambda bills it, the largest file per memory setting, every function
-against its limits at the generator's maximum rate, and the 50-run reliability loop; as tables and JSON.
+"""`make bench`: the transformer as Lambda bills it, the gain of each of its mechanisms, the largest file per
+memory setting, every function against its limits at the generator's maximum rate, and the 50-run
+reliability loop; as tables and JSON.
 
 Everything runs on this machine against moto's S3 server on 127.0.0.1 (no AWS account, no network).
 The data is generated here from a seed with the generator's own functions and cached in bench/out/data/.
@@ -7,9 +8,10 @@ Each measured run is a fresh child process (bench/_child.py) that reports its ow
 RSS (VmHWM); the parent adds the whole process's CPU from wait4 and the peak of its fresh TMPDIR. Runs
 said to be on one core are pinned with `taskset -c 0`. docs/performance.md explains each figure.
 
-    .venv/bin/python -m bench.run                 # everything (6 to 13 minutes on 2 shared cores)
+    .venv/bin/python -m bench.run                 # everything (about 14 minutes on 2 shared cores)
     .venv/bin/python -m bench.run --quick         # a smoke run of every section (figures not meaningful)
     .venv/bin/python -m bench.run --loop          # only the reliability loop (50 runs of each file)
+    .venv/bin/python -m bench.run --only mechanisms --mechanisms seen_ids   # one mechanism's gain
     .venv/bin/python -m bench.run --only transformer,limits
     .venv/bin/python -m bench.run --transformer path/to/candidate.py   # measure a candidate file
     .venv/bin/python -m bench.run --report bench/out/results.json      # the tables of a saved run
