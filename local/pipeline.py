@@ -6,7 +6,7 @@ import json
 import logging
 import random
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -50,6 +50,7 @@ class RunSummary:
     quarantined: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     bad_files: list[str] = field(default_factory=list)
+    fixed: dict[str, bytes] = field(default_factory=dict)  # bad file's key -> its content once fixed
 
 
 @dataclass(frozen=True)
@@ -126,14 +127,38 @@ def s3_event_for(s3: S3Client, bucket: str, key: str, at: datetime) -> dict[str,
     )
 
 
-def bad_batch(tick: datetime, rng: random.Random, earlier: dict[str, Any] | None) -> bytes:
-    """A hand-uploaded file with one good record, a duplicate of a record from another file, and bad lines.
+@dataclass(frozen=True)
+class HandUpload:
+    """A hand-uploaded file: as first uploaded, with bad lines, and as its user fixes it later."""
 
-    Each bad line fails one rule of the contract, so quarantine shows every common reason.
+    bad: bytes
+    fixed: bytes
+
+
+# What the user's fix does to a hand upload (the demo's replacement phase prints it).
+FIX_DESCRIPTION = (
+    "the six rejected lines whose intent is clear corrected, the truncated line, the array and the repeated "
+    "record dropped, the transaction another file already delivered left out, and every timestamp moved "
+    "back a day: the batch was the previous day's sales, as its line 'timestamp: yesterday' said"
+)
+
+
+def hand_upload(tick: datetime, rng: random.Random, earlier: dict[str, Any] | None) -> HandUpload:
+    """A hand-uploaded file with one good record, a duplicate of a record from another file, and bad lines;
+    and the same file fixed.
+
+    Each bad line fails one rule of the contract, so quarantine shows every common reason. Each bad line
+    but the unreadable ones is the good record with one field broken, so the fix mends that field; the
+    fixed records are stamped a day earlier, so the fixed file's rows are in another day partition than
+    the bad file's (FIX_DESCRIPTION).
     """
     moment = tick - timedelta(minutes=2)
+
+    def new_id() -> str:
+        return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
     good = {
-        "transaction_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        "transaction_id": new_id(),
         "timestamp": iso_z(moment, milliseconds=True),
         "customer_id": "CUST-00001",
         "product_id": "PROD-0001",
@@ -144,39 +169,34 @@ def bad_batch(tick: datetime, rng: random.Random, earlier: dict[str, Any] | None
         "total_amount": 49.98,
     }
     missing = {k: v for k, v in good.items() if k != "customer_id"}
+    # The lines that each break one field of the good record (the ids are drawn in this order).
+    broken = [
+        {**missing, "transaction_id": new_id()},
+        {**good, "transaction_id": new_id(), "price": -24.99},
+        {**good, "transaction_id": new_id(), "quantity": "two"},
+        {**good, "transaction_id": new_id(), "quantity": 0},
+        {**good, "transaction_id": new_id(), "total_amount": 50},
+        {**good, "transaction_id": new_id(), "timestamp": "yesterday"},
+    ]
     lines = [
         json.dumps(good),
         '{"transaction_id": "truncated-by-a-broken-client", "timestamp": "2026-11-',
         json.dumps(["an", "array", "is", "not", "a", "transaction"]),
-        json.dumps({**missing, "transaction_id": str(uuid.UUID(int=rng.getrandbits(128), version=4))}),
-        json.dumps(
-            {**good, "transaction_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)), "price": -24.99}
-        ),
-        json.dumps(
-            {**good, "transaction_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)), "quantity": "two"}
-        ),
-        json.dumps(
-            {**good, "transaction_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)), "quantity": 0}
-        ),
-        json.dumps(
-            {
-                **good,
-                "transaction_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                "total_amount": 50,
-            }
-        ),
-        json.dumps(
-            {
-                **good,
-                "transaction_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                "timestamp": "yesterday",
-            }
-        ),
+        *(json.dumps(record) for record in broken),
         json.dumps(good),  # the same transaction twice in one file
     ]
     if earlier is not None:
         lines.append(json.dumps(earlier))  # a transaction another file already delivered
-    return ("\n".join(lines) + "\n").encode("utf-8")
+    day_before = iso_z(moment - DAY, milliseconds=True)
+    fixed = [
+        {**good, "transaction_id": record["transaction_id"], "timestamp": day_before}
+        for record in [good, *broken]
+    ]
+    return HandUpload(bad=_jsonl(lines), fixed=_jsonl(json.dumps(record) for record in fixed))
+
+
+def _jsonl(lines: Iterable[str]) -> bytes:
+    return "".join(f"{line}\n" for line in lines).encode("utf-8")
 
 
 def first_record(s3: S3Client, bucket: str, key: str) -> dict[str, Any] | None:
@@ -241,9 +261,11 @@ def run_schedule(
             bad_key = (
                 f"raw/year={tick:%Y}/month={tick:%m}/day={tick:%d}/hand-upload {tick:%Y%m%dT%H%M%SZ}.json"
             )
-            s3.put_object(Bucket=bucket, Key=bad_key, Body=bad_batch(tick, rng, earlier))
+            upload = hand_upload(tick, rng, earlier)
+            s3.put_object(Bucket=bucket, Key=bad_key, Body=upload.bad)
             summary.raw_files += 1
             summary.bad_files.append(bad_key)
+            summary.fixed[bad_key] = upload.fixed
             _add(
                 summary, invoke(transformer, "transformer", s3_event_for(s3, bucket, bad_key, tick), bad_key)
             )
