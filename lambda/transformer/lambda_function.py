@@ -1824,7 +1824,8 @@ def _delete(s3: S3Client, bucket: str, key: str) -> None:
 
 
 def metrics_line(summary: Mapping[str, Any], at: datetime) -> str:
-    """One CloudWatch Embedded Metric Format record (namespace EcommercePipeline, no dimensions)."""
+    """One CloudWatch Embedded Metric Format record (namespace EcommercePipeline, no dimensions). `at` is the
+    time the line is written: CloudWatch drops datapoints older than two weeks."""
     metrics = {
         "RecordsRead": (summary["records_read"], "Count"),
         "RecordsWritten": (summary["rows_written"], "Count"),
