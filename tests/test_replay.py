@@ -1428,7 +1428,7 @@ def test_a_bucket_written_under_the_old_names_is_converted_by_a_full_rebuild_and
 
 
 def test_the_tool_works_under_the_operator_policy_with_iam_enforced(s3: Any) -> None:
-    # GIVEN an operator whose only permissions are the policy file's, filled in as README's `fill` does.
+    # GIVEN an operator whose only permissions are the policy file's, filled in as `make console-files` does.
     # (S3 only: moto checks other services' calls against resource "*", so a grant scoped to the queue's
     # or a function's ARN, as IAM wants it, reads as denied there; the test above checks those.)
     text = (ROOT / "infra" / "iam" / "operator-replay-policy.json").read_text(encoding="utf-8")

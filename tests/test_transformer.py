@@ -1,4 +1,5 @@
-"""Transformer: every raw record ends in processed/ or quarantine/ (with a reason), as CONTRACT.md says."""
+"""Transformer: every raw record ends in processed/ or quarantine/ (with a reason), as docs/contract.md
+says."""
 
 from __future__ import annotations
 

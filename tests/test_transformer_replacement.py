@@ -1,4 +1,4 @@
-"""Transformer: a raw key's outputs are its own and always its current content's (CONTRACT.md, bucket
+"""Transformer: a raw key's outputs are its own and always its current content's (docs/contract.md, bucket
 layout): output identity, replacement, retries, redelivery, and every interleaving of two invocations."""
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ _ParquetFile: Any = pq.ParquetFile
 _ParquetWriter: Any = pq.ParquetWriter
 _read_metadata: Any = pq.read_metadata
 
-# The processed table as CONTRACT.md fixes it (year/month/day live only in the key).
+# The processed table as docs/contract.md fixes it (year/month/day live only in the key).
 SCHEMA = pa.schema(
     [
         ("transaction_id", pa.string()),

@@ -4,7 +4,7 @@ Runs on Python 3.12 with the AWSSDKPandas layer for pyarrow and numpy; it import
 the standard library and boto3, so it pastes into the Lambda console as it is.
 
 One semantics, two paths. The exact path reads one line at a time with Python's json module and is the
-definition of every rule in CONTRACT.md. The fast path reads a block of lines with pyarrow and checks the
+definition of every rule in docs/contract.md. The fast path reads a block of lines with pyarrow and checks the
 same rules on whole columns, but it only ever ACCEPTS rows: a row it is not sure of goes to the exact path,
 which decides and gives the reason. So the fast path can make the work faster, never different; a
 property-based test (tests/test_transformer_paths.py) checks that on generated, damaged input.
@@ -77,7 +77,7 @@ SMALL_BLOCK_LINES = 32
 MAX_DEPTH = 512
 
 # ---------------------------------------------------------------------------------------------------
-# The contract's schema (CONTRACT.md). The generator and the DDL in sql/ carry the same lists; a test
+# The contract's schema (docs/contract.md). The generator and the DDL in sql/ carry the same lists; a test
 # checks that the three agree.
 
 RAW_FIELDS: tuple[str, ...] = (
@@ -277,7 +277,7 @@ STEM_MAX_BYTES = 150  # keeps every output key far below S3's 1,024-byte limit, 
 
 
 def output_name(raw_key: str) -> str:
-    """`<stem>-<first 12 hex of SHA-256 of the raw key>`, the stem without leading _ or . (CONTRACT.md)."""
+    """`<stem>-<first 12 hex of SHA-256 of the raw key>`, stem without leading _ or . (docs/contract.md)."""
     stem = raw_key.rsplit("/", 1)[-1].removesuffix(".json").lstrip("_.")
     stem = stem.encode("utf-8")[:STEM_MAX_BYTES].decode("utf-8", errors="ignore")
     return f"{stem}-{hashlib.sha256(raw_key.encode('utf-8')).hexdigest()[:12]}"
@@ -1387,7 +1387,7 @@ def _prepend(head: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
     yield from rest
 
 
-# S3 edge. The outputs of a raw key are exactly those of its current content (CONTRACT.md, bucket layout).
+# S3 edge. The outputs of a raw key are exactly those of its current content (docs/contract.md, layout).
 #
 # state/transformer/<SHA-256 of the raw key>.json records the ETag whose outputs are in place, every
 # output that may exist for the key, and a lock. Every write of it is conditional (If-Match or
