@@ -1790,18 +1790,43 @@ class _Job:
 
 def _mark_dirty(s3: S3Client, bucket: str, day: date, source_key: str) -> None:
     """Tell the compactor to check `day` against the state again (state/compaction/dirty/...). A fresh token
-    in every marker gives it a new ETag, so the compactor's conditional delete never removes a newer one."""
-    body = {
-        "token": uuid.uuid4().hex,
-        "reason": "transformer changed the day's files",
-        "source_key": source_key,
-        "drop_unclaimed": False,
-    }
+    in every marker gives it a new ETag, so the compactor's conditional delete never removes a newer one.
+    A marker that asks the compactor to drop unclaimed entries (tools/replay.py's orphans step) keeps
+    asking: the marker is replaced only if it is still the one read."""
     key = dirty_marker_key(day)
-    try:
-        s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode(), ContentType="application/json")
-    except ClientError as e:
-        raise TransformerError(f"cannot write s3://{bucket}/{key}: {_error_code(e) or e}") from e
+    where = f"s3://{bucket}/{key}"
+    for _ in range(5):
+        condition: dict[str, str] = {"IfNoneMatch": "*"}
+        drop_unclaimed = False
+        try:
+            current = s3.get_object(Bucket=bucket, Key=key)
+        except ClientError as e:
+            if _error_code(e) not in ("NoSuchKey", "404"):
+                raise TransformerError(f"cannot read {where}: {_error_code(e) or e}") from e
+        else:
+            condition = {"IfMatch": str(current["ETag"])}
+            with contextlib.suppress(ValueError, AttributeError):
+                drop_unclaimed = json.loads(current["Body"].read()).get("drop_unclaimed") is True
+        body = {
+            "token": uuid.uuid4().hex,
+            "reason": "transformer changed the day's files",
+            "source_key": source_key,
+            "drop_unclaimed": drop_unclaimed,
+        }
+        try:
+            s3.put_object(
+                Bucket=bucket,
+                Key=key,
+                Body=json.dumps(body).encode(),
+                ContentType="application/json",
+                **condition,  # type: ignore[arg-type]
+            )
+        except ClientError as e:
+            if _error_code(e) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                continue  # written or deleted meanwhile: read it again
+            raise TransformerError(f"cannot write {where}: {_error_code(e) or e}") from e
+        return
+    raise TransformerError(f"{where} kept changing while this invocation wrote it; Lambda retries")
 
 
 def _upload(s3: S3Client, output: Output, bucket: str, key: str, content_type: str) -> None:
