@@ -71,3 +71,12 @@ def test_reason_codes_are_the_contracts_in_the_order_the_rules_are_checked():
 def test_both_handlers_use_the_same_layout_and_metrics_namespace():
     assert gen.RAW_PREFIX == tr.RAW_PREFIX == "raw/"
     assert gen.METRICS_NAMESPACE == tr.METRICS_NAMESPACE == "EcommercePipeline"
+
+
+def test_the_three_handlers_read_log_level_alike():
+    # Each handler pastes into the console alone, so each carries its own copy of this rule.
+    handlers = [load_lambda(name) for name in ("generator", "transformer", "compactor")]
+    assert all(h.LOG_LEVELS == handlers[0].LOG_LEVELS for h in handlers)
+    assert all(
+        h._LAMBDA_LEVELS_THAT_DROP_METRICS == handlers[0]._LAMBDA_LEVELS_THAT_DROP_METRICS for h in handlers
+    )

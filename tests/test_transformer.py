@@ -313,6 +313,19 @@ def test_a_file_holding_one_json_array_is_one_record_per_element(s3):
     assert reasons(quarantined(s3, tr.output_name(key))) == [(4, "not_an_object")]
 
 
+def test_a_one_document_file_too_big_to_parse_whole_is_read_as_json_lines(s3, monkeypatch):
+    # Parsing a document whole takes about 12 times its size: past the limit, each line is a record
+    monkeypatch.setattr(tr, "MAX_DOCUMENT_BYTES", 100)
+    key = "raw/manual/orders.json"
+    body = json.dumps([record(transaction_id=f"arr-{i}") for i in range(2)], indent=2)
+    put(s3, key, body)
+    tr.lambda_handler(s3_event(key), None)
+    assert processed(s3, tr.output_name(key)) == {}
+    entries = quarantined(s3, tr.output_name(key))
+    assert len(entries) == len([line for line in body.splitlines() if line.strip()])
+    assert {e["reason"] for e in entries} <= {"malformed_json", "not_an_object"}
+
+
 def test_hand_uploads_outside_a_date_partition_quarantine_under_their_last_modified_date(s3):
     key = "raw/manual/bad.json"
     run(s3, key, "not json at all\n")
