@@ -418,6 +418,7 @@ BAD_LINES = [
     pytest.param(
         json.dumps(record(category="\u3000\t")), "missing_field", "category is blank", id="unicode-blank"
     ),
+    pytest.param(json.dumps(record(price=" ")), "missing_field", "price is blank", id="blank-money-string"),
     pytest.param(json.dumps(record(quantity=1e300)), "invalid_quantity", "", id="qty-huge"),
     pytest.param(
         json.dumps(record(timestamp="2026-11-25T10:00:00Z\n")), "invalid_timestamp", "", id="ts-newline"

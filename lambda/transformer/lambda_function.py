@@ -464,7 +464,7 @@ def _presence_and_types(obj: Mapping[str, Any]) -> Reject | None:
         value = obj.get(name)
         if value is None:
             return Reject("missing_field", f"{name} is {'null' if name in obj else 'absent'}")
-        if isinstance(value, str) and name not in MONEY_FIELDS and is_blank(value):
+        if isinstance(value, str) and is_blank(value):
             return Reject("missing_field", f"{name} is {'empty' if not value else 'blank'}")
     for name in (*STRING_FIELDS, "timestamp"):
         if not isinstance(obj[name], str):
