@@ -1,8 +1,8 @@
 """What the demo reads back from its bucket: a raw key's outputs with their sizes, and the transformer's
 own counts from its state objects (one per raw key).
 
-Names and the state format are the ones tools/replay_aws.py restates from the transformer (issue 9's
-design); the demo reads them there rather than keeping a third copy.
+Names and the state format come through tools/replay_aws.py, which takes them from the transformer: one
+definition.
 """
 
 from __future__ import annotations
