@@ -10,12 +10,13 @@ TOOLS_STAMP  := $(TOOLS_VENV)/.installed
 IMAGES_VENV  := .venv-images
 IMAGES_STAMP := $(IMAGES_VENV)/.installed
 
-.PHONY: help venv tools lint format typecheck test demo bench cost images charts architecture console-files deploy destroy clean
+.PHONY: help venv tools lint format typecheck test demo bench fuzz cost images charts architecture console-files deploy destroy clean
 
 help:
 	@echo "make test          - lint, type-check and run every test (creates .venv and .venv-tools)"
 	@echo "make demo          - run the whole pipeline locally on an embedded S3; output in local/out/ (creates .venv)"
 	@echo "make bench         - performance figures, docs/performance.md (ARGS=--quick: smoke run; ARGS=--loop: the 50-run loop)"
+	@echo "make fuzz          - the transformer's differential test with 40x the examples (SCALE=...; ~15 min)"
 	@echo "make cost          - the monthly AWS bill, priced from a simulated day of the real handlers (creates .venv)"
 	@echo "make images        - redraw the committed pictures in images/ (the diagram needs graphviz: apt-get as root)"
 	@echo "make console-files - the console path's files filled in, in build/console/:"
@@ -65,6 +66,12 @@ demo: venv
 
 bench: venv
 	$(BIN)/python -m bench.run $(ARGS)
+
+# The differential test of the transformer's two paths (tests/test_transformer_paths.py) with a bigger
+# budget of examples than make test gives it: SCALE times each test's own budget.
+SCALE ?= 40
+fuzz: venv
+	FUZZ_SCALE=$(SCALE) $(BIN)/python -m pytest tests/test_transformer_paths.py -q -p no:cacheprovider --hypothesis-show-statistics $(ARGS)
 
 cost: venv
 	$(BIN)/python -m tools.cost $(ARGS)

@@ -2,7 +2,7 @@
 
 Run by `make images` (which installs what it needs: the `diagrams` package in .venv-images, graphviz's
 `dot` with apt-get when run as root); CI never runs it, the PNG is committed. The picture follows
-infra/template.yaml and CONTRACT.md: what invokes each function, which prefix of the one bucket each
+infra/template.yaml and docs/contract.md: what invokes each function, which prefix of the one bucket each
 function, tool and table reads and writes (state/ is the transformer's bookkeeping and the dirty-day
 markers the compactor reads), the on-failure queue, and the monitoring that mails the alert topic.
 

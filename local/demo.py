@@ -5,13 +5,23 @@
    every five minutes of the window (by default the last complete UTC day); each object it writes
    raises a real-format S3 ObjectCreated:Put event that invokes the transformer handler; a few
    hand-uploaded files with bad lines show quarantine;
-3. the bucket is copied to local/out/bucket/, every query in sql/queries/ runs on DuckDB (translated
-   from Athena's dialect by sqlglot), results are printed, the reconciliation is checked and the main
-   results are drawn as PNG charts in local/out/charts/.
+3. replacement: a user fixes one of those files and uploads it again under the same key; its event
+   reaches the transformer, which removes the outputs of the old content (its quarantine file, and the
+   day partition its rows no longer fall on);
+4. replay: tools/replay.py, run in this process against the embedded S3 (--local-endpoint), rebuilds
+   one finished day of raw/ and has the compactor compact the days its outputs are in;
+5. orphans: a person deletes a raw file, and the tool's orphan step removes its outputs, its rows in a
+   compacted day and its state;
+6. the bucket is copied to local/out/bucket/, every query in sql/queries/ runs on DuckDB (translated
+   from Athena's dialect by sqlglot), results are printed, the reconciliation is checked (the SQL, the
+   transformer's own counts from its state objects, and the rows in the table) and the main results are
+   drawn as PNG charts in local/out/charts/. The demo exits with status 1 if any check fails.
 
-Everything it writes is under local/out/ (git-ignored): a run leaves the repository as it was. The same
-seed and window give the same data, so the same numbers. Each phase is one function, called in order
-by run().
+The compactor runs with COMPACT_AFTER_HOURS=0: once the schedule has run, every file of a simulated day
+has arrived. Everything the demo writes is under local/out/ (git-ignored): a run leaves the repository as
+it was. The same seed and window give the same data, so the same numbers (a window that ends in the
+future has no finished day to replay: that phase is skipped). Each phase is one function, called in
+order by run().
 
 Usage: python -m local.demo [--days 1] [--end 2026-11-25T00:00Z] [--transactions-per-run 10] [--seed 42]
 """
@@ -24,10 +34,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import logging
 import os
 import shutil
 import sys
+import textwrap
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +55,8 @@ if TYPE_CHECKING:
 
     import pandas as pd
     from mypy_boto3_s3 import S3Client
+
+    from local.bucket import OutputFile, StateTotals
 
 _logger = logging.getLogger(__name__)
 
@@ -74,9 +88,13 @@ class Session:
 
     options: Options
     s3: S3Client
+    endpoint: str
     generator: ModuleType
     transformer: ModuleType
+    today: date  # the UTC date now: days before it are over, so the compactor may act on them
     summary: RunSummary = field(default_factory=RunSummary)
+    replayed: date | None = None  # the day the replay phase rebuilt
+    failures: list[str] = field(default_factory=list)  # checks a phase found false: the demo exits 1
 
 
 def _end_time(text: str) -> datetime:
@@ -230,11 +248,21 @@ def embedded_pipeline(options: Options) -> Iterator[Session]:
             "BUCKET_NAME": BUCKET,
             "TRANSACTIONS_PER_RUN": str(options.transactions_per_run),
             "RANDOM_SEED": str(options.seed),
+            # Every file of a simulated day has arrived once the schedule has run: the compactor need not
+            # wait its usual two hours after midnight (COMPACT_AFTER_HOURS) before it takes a day.
+            "COMPACT_AFTER_HOURS": "0",
         }
         with handler_environment(env, [generator, transformer]), handler_logs(options.out / "handlers.log"):
             s3: S3Client = boto3.client("s3", endpoint_url=endpoint, region_name=REGION)
             s3.create_bucket(Bucket=BUCKET)
-            yield Session(options=options, s3=s3, generator=generator, transformer=transformer)
+            yield Session(
+                options=options,
+                s3=s3,
+                endpoint=endpoint,
+                generator=generator,
+                transformer=transformer,
+                today=datetime.now(UTC).date(),
+            )
     print("Embedded S3 stopped.")
 
 
@@ -290,13 +318,176 @@ def simulate_schedule(session: Session) -> None:
     )
 
 
+def _show_files(files: Sequence[OutputFile], indent: str = "    ") -> None:
+    width = max((len(f.key) for f in files), default=0)
+    for f in files:
+        print(f"{indent}{f.line(width)}")
+    if not files:
+        print(f"{indent}(none)")
+
+
+def replace_a_file(session: Session) -> None:
+    """Phase 2: a user fixes a hand-uploaded file and uploads it again under the same key; its S3 event
+    reaches the transformer as every other did, and the outputs of the old content are gone."""
+    from local.bucket import exists, outputs_named, state_counts
+    from local.pipeline import FIX_DESCRIPTION, invoke, s3_event_for
+
+    summary = session.summary
+    if not summary.bad_files:
+        print("\nReplacement: no hand-uploaded file to fix (--bad-files 0), skipped")
+        return
+    s3, key = session.s3, summary.bad_files[0]
+    name = session.transformer.output_name(key)
+    print(f"\nReplacement: a user fixes {key} and uploads it again under the same key")
+    print(textwrap.fill(FIX_DESCRIPTION, 110, initial_indent="  the fix: ", subsequent_indent="    "))
+    before = outputs_named(s3, BUCKET, name)
+    read, written, quarantined = state_counts(s3, BUCKET, key) or (0, 0, 0)
+    print(f"  before: {read} records read, {written} rows written, {quarantined} quarantined")
+    _show_files(before)
+    s3.put_object(Bucket=BUCKET, Key=key, Body=summary.fixed[key])
+    with metric_lines(session.options):
+        result = invoke(
+            session.transformer,
+            "transformer",
+            s3_event_for(s3, BUCKET, key, session.options.window.end),
+            f"{key} (fixed)",
+        )
+    if len(result["processed"]) != 1:
+        session.failures.append(f"the transformer did not process the fixed {key}: {result}")
+        return
+    done = result["processed"][0]
+    after = outputs_named(s3, BUCKET, name)
+    print(
+        f"  after (ObjectCreated:Put -> transformer): {done['records_read']} records read, "
+        f"{done['rows_written']} rows written, {done['quarantined']} quarantined"
+    )
+    _show_files(after)
+    if {f.key for f in after} != set(done["outputs"]):
+        session.failures.append(
+            f"S3 holds {[f.key for f in after]} for {key}, not its outputs {done['outputs']}"
+        )
+    stale = sorted({f.key for f in before} - set(done["outputs"]))
+    print(f"  stale outputs of the old content, deleted by the transformer ({len(stale)}):")
+    for stale_key in stale:
+        there = exists(s3, BUCKET, stale_key)
+        print(f"    {stale_key}: {'STILL IN S3' if there else 'gone from S3'}")
+        if there:
+            session.failures.append(f"stale output {stale_key} of the replaced {key} is still in S3")
+
+
+def replay_day(window: Window, today: date) -> date | None:
+    """The day the replay phase rebuilds: the window's last complete day that is over (UTC), else its last
+    day that is over; None when no day of the window is over yet (a window ending in the future)."""
+    over = [d for d in window.dates() if d < today]
+    complete = [d for d in over if d in window.complete_dates()]
+    return max(complete or over, default=None)
+
+
+def run_tool(session: Session, argv: list[str]) -> None:
+    """Run tools/replay.py in this process, as a user would against the embedded S3; print its output."""
+    import shlex
+
+    from tools import replay
+
+    command = ["python", "-m", "tools.replay", *argv, "--local-endpoint", session.endpoint]
+    print(f"  $ {shlex.join(command)}")
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        code = replay.main([*argv, "--local-endpoint", session.endpoint])
+    for line in captured.getvalue().splitlines():
+        print(f"    {line}")
+    if code != 0:
+        session.failures.append(f"python -m tools.replay {argv[0]} exited with status {code}")
+
+
+def replay_a_day(session: Session) -> None:
+    """Phase 3: tools/replay.py rebuilds one finished day of raw/ (the transformer on each of its files,
+    with "force") and has the compactor compact it."""
+    from local.bucket import day_files, raw_keys
+
+    day = replay_day(session.options.window, session.today)
+    if day is None:
+        print(f"\nReplay: no day of the window is over yet (today is {session.today} UTC), skipped")
+        return
+    session.replayed = day
+    print(
+        f"\nReplay: rebuild {day} from raw/ ({len(raw_keys(session.s3, BUCKET, day))} files) with the replay "
+        "tool, which then compacts the days the rebuilt outputs are in"
+    )
+    run_tool(session, ["rebuild", "--bucket", BUCKET, "--day", day.isoformat(), "--rate", "1000"])
+    files = day_files(session.s3, BUCKET, day)
+    print(f"  processed/ for {day} now holds:")
+    _show_files(files)
+    loose = [f.key for f in files if not f.key.rsplit("/", 1)[-1].startswith("compacted-")]
+    if loose or not files:
+        session.failures.append(f"{day} was not compacted: {len(loose)} loose files, {len(files)} in all")
+
+
+def orphan_to_make(session: Session) -> str | None:
+    """The raw file the orphan phase deletes: the second hand upload, else the replayed day's first file."""
+    from local.bucket import raw_keys
+
+    bad = session.summary.bad_files
+    if len(bad) > 1:
+        return bad[1]
+    keys = [k for k in raw_keys(session.s3, BUCKET, session.replayed) if k not in bad]
+    return keys[0] if keys else None
+
+
+def remove_an_orphan(session: Session) -> None:
+    """Phase 4: a person deletes a raw file; tools/replay.py's orphan step removes what came of it (its
+    outputs, its rows in a compacted day, its state) and has the compactor take the days it marked."""
+    from local.bucket import compacted_file, compacted_rows_of, listed_outputs, outputs_named, state_counts
+    from tools.replay_aws import day_of
+
+    s3, key = session.s3, orphan_to_make(session)
+    if key is None:
+        print("\nOrphans: no raw file to delete, skipped")
+        return
+    name = session.transformer.output_name(key)
+    read, written, quarantined = state_counts(s3, BUCKET, key) or (0, 0, 0)
+    print(
+        f"\nOrphans: a person deletes {key} ({read} records: {written} rows written, {quarantined} "
+        "quarantined); its outputs and its state are left without a source"
+    )
+    present = {f.key: f for f in outputs_named(s3, BUCKET, name)}
+    listed = listed_outputs(s3, BUCKET, key)
+    compacted = sorted({d for k in listed if k not in present and (d := day_of(k)) is not None})
+    width = max((len(k) for k in listed), default=0)
+    print("  before: its outputs, as its state lists them")
+    for output in listed:
+        found = present.get(output)
+        day = day_of(output)
+        if found is not None:
+            print(f"    {found.line(width)}")
+        elif day is not None and (rows := compacted_rows_of(s3, BUCKET, day, key)) is not None:
+            where = compacted_file(day).rsplit("/", 1)[-1]
+            print(f"    {output:<{width}}  {rows:>5} rows, merged into {where} (per its manifest)")
+        else:
+            print(f"    {output:<{width}}  not in S3")
+    s3.delete_object(Bucket=BUCKET, Key=key)
+    run_tool(session, ["orphans", "--bucket", BUCKET, "--yes"])
+    left = outputs_named(s3, BUCKET, name)
+    state = state_counts(s3, BUCKET, key)
+    rows_left = {day: compacted_rows_of(s3, BUCKET, day, key) for day in compacted}
+    print(
+        f"  after: {len(left)} outputs named {name} in S3, {'a state' if state else 'no state'} for it"
+        + "".join(
+            f", {rows} of its rows in {compacted_file(day).rsplit('/', 1)[-1]}"
+            for day, rows in rows_left.items()
+        )
+    )
+    if left or state or any(rows_left.values()):
+        session.failures.append(f"the orphan step left outputs, rows or the state of the deleted {key}")
+
+
 def copy_bucket(session: Session) -> None:
     """Last phase with the server up: the bucket as files under <out>/bucket/, for the queries."""
     from local.pipeline import download_bucket
 
     dest = session.options.out / "bucket"
     objects = download_bucket(session.s3, BUCKET, dest)
-    print(f"{objects} objects copied to {dest}")
+    print(f"\n{objects} objects copied to {dest}")
 
 
 # --- After the server has stopped -------------------------------------------------------------------
@@ -331,8 +522,9 @@ def show(frame: pd.DataFrame, window: Window) -> str:
         return "\n".join("  " + line for line in frame.to_string(index=False).splitlines())
 
 
-def run_queries(options: Options) -> dict[str, pd.DataFrame]:
-    """Every sql/queries/ file on DuckDB over the bucket copy; printed, and saved as CSV."""
+def run_queries(options: Options) -> tuple[dict[str, pd.DataFrame], int]:
+    """Every sql/queries/ file on DuckDB over the bucket copy, printed and saved as CSV; and the number of
+    rows in the processed table."""
     from local import catalog
 
     con = catalog.connect(options.out / "bucket", BUCKET)
@@ -344,10 +536,17 @@ def run_queries(options: Options) -> dict[str, pd.DataFrame]:
         results[path.stem] = frame
         frame.to_csv(results_dir / f"{path.stem}.csv", index=False)
         print(f"\n== sql/queries/{path.name}\n   {question(path)}\n{show(frame, options.window)}")
-    return results
+    row = con.execute("SELECT COUNT(*) FROM ecommerce_db.transactions").fetchone()
+    return results, int(row[0]) if row else 0
 
 
-def report_reconciliation(summary: RunSummary, results: dict[str, pd.DataFrame]) -> bool:
+def report_reconciliation(totals: StateTotals, results: dict[str, pd.DataFrame], table_rows: int) -> bool:
+    """Print the three checks; True when every one holds.
+
+    The SQL counts from the raw side (each raw line is a row or a quarantined line); the transformer's own
+    counts are those of each raw key's committed content, from its state object; the table must hold
+    exactly the rows written, so that no row of a replaced or deleted file's content is left.
+    """
     frame = results["dq_reconciliation_by_day"]
     raw = int(frame["raw_records"].sum())
     processed = int(frame["processed_rows"].sum())
@@ -358,13 +557,26 @@ def report_reconciliation(summary: RunSummary, results: dict[str, pd.DataFrame])
         f"+ quarantined {quarantined}: "
         f"{'OK' if ok else 'MISMATCH'}"
     )
-    handlers_ok = summary.records_read == summary.rows_written + summary.quarantined == raw
-    print(
-        f"Reconciliation (handlers' own counts): read {summary.records_read} "
-        f"= written {summary.rows_written} "
-        f"+ quarantined {summary.quarantined}: {'OK' if handlers_ok else 'MISMATCH'}"
+    handlers_ok = (
+        not totals.problems
+        and totals.states == totals.raw_files
+        and (totals.records_read, totals.rows_written, totals.quarantined) == (raw, processed, quarantined)
+        and totals.records_read == totals.rows_written + totals.quarantined
     )
-    return ok and handlers_ok
+    print(
+        f"Reconciliation (handlers' own counts, from the transformer's state of each of {totals.states} raw "
+        "files): "
+        f"read {totals.records_read} = written {totals.rows_written} + quarantined {totals.quarantined}: "
+        f"{'OK' if handlers_ok else 'MISMATCH'}"
+    )
+    for problem in totals.problems[:10]:
+        print(f"  {problem}")
+    table_ok = table_rows == totals.rows_written
+    print(
+        f"Processed table: {table_rows} rows = {totals.rows_written} rows written, each once: "
+        f"{'OK' if table_ok else 'MISMATCH'}"
+    )
+    return ok and handlers_ok and table_ok
 
 
 def write_charts(options: Options, results: dict[str, pd.DataFrame]) -> list[Path]:
@@ -396,21 +608,28 @@ def _shown(path: Path) -> str:
 
 
 def run(options: Options) -> int:
+    from local.bucket import state_totals
+
     started = time.perf_counter()
     prepare_out(options.out)
     with embedded_pipeline(options) as session:
         simulate_schedule(session)
+        replace_a_file(session)
+        replay_a_day(session)
+        remove_an_orphan(session)
         copy_bucket(session)
-    results = run_queries(options)
-    ok = report_reconciliation(session.summary, results)
+    results, table_rows = run_queries(options)
+    ok = report_reconciliation(state_totals(options.out / "bucket"), results, table_rows)
     written = write_charts(options, results)
     print(f"\nCharts: {', '.join(_shown(p) for p in written)}")
     print(
         f"Results as CSV in {_shown(options.out / 'results')}; the handlers' logs and EMF metric lines in "
         f"{_shown(options.out / 'handlers.log')} and {_shown(options.out / 'metrics.jsonl')}"
     )
+    for failure in session.failures:
+        print(f"FAILED: {failure}")
     print(f"Done in {time.perf_counter() - started:.1f} s.")
-    return 0 if ok else 1
+    return 0 if ok and not session.failures else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

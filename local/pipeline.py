@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -50,6 +51,7 @@ class RunSummary:
     quarantined: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     bad_files: list[str] = field(default_factory=list)
+    fixed: dict[str, bytes] = field(default_factory=dict)  # bad file's key -> its content once fixed
 
 
 @dataclass(frozen=True)
@@ -126,14 +128,38 @@ def s3_event_for(s3: S3Client, bucket: str, key: str, at: datetime) -> dict[str,
     )
 
 
-def bad_batch(tick: datetime, rng: random.Random, earlier: dict[str, Any] | None) -> bytes:
-    """A hand-uploaded file with one good record, a duplicate of a record from another file, and bad lines.
+@dataclass(frozen=True)
+class HandUpload:
+    """A hand-uploaded file: as first uploaded, with bad lines, and as its user fixes it later."""
 
-    Each bad line fails one rule of the contract, so quarantine shows every common reason.
+    bad: bytes
+    fixed: bytes
+
+
+# What the user's fix does to a hand upload (the demo's replacement phase prints it).
+FIX_DESCRIPTION = (
+    "the six rejected lines whose intent is clear corrected, the truncated line, the array and the repeated "
+    "record dropped, the transaction another file already delivered left out, and every timestamp moved "
+    "back a day: the batch was the previous day's sales, as its line 'timestamp: yesterday' said"
+)
+
+
+def hand_upload(tick: datetime, rng: random.Random, earlier: dict[str, Any] | None) -> HandUpload:
+    """A hand-uploaded file with one good record, a duplicate of a record from another file, and bad lines;
+    and the same file fixed.
+
+    Each bad line fails one rule of the contract, so quarantine shows every common reason. Each bad line
+    but the unreadable ones is the good record with one field broken, so the fix mends that field; the
+    fixed records are stamped a day earlier, so the fixed file's rows are in another day partition than
+    the bad file's (FIX_DESCRIPTION).
     """
     moment = tick - timedelta(minutes=2)
+
+    def new_id() -> str:
+        return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
     good = {
-        "transaction_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        "transaction_id": new_id(),
         "timestamp": iso_z(moment, milliseconds=True),
         "customer_id": "CUST-00001",
         "product_id": "PROD-0001",
@@ -144,39 +170,34 @@ def bad_batch(tick: datetime, rng: random.Random, earlier: dict[str, Any] | None
         "total_amount": 49.98,
     }
     missing = {k: v for k, v in good.items() if k != "customer_id"}
+    # The lines that each break one field of the good record (the ids are drawn in this order).
+    broken = [
+        {**missing, "transaction_id": new_id()},
+        {**good, "transaction_id": new_id(), "price": -24.99},
+        {**good, "transaction_id": new_id(), "quantity": "two"},
+        {**good, "transaction_id": new_id(), "quantity": 0},
+        {**good, "transaction_id": new_id(), "total_amount": 50},
+        {**good, "transaction_id": new_id(), "timestamp": "yesterday"},
+    ]
     lines = [
         json.dumps(good),
         '{"transaction_id": "truncated-by-a-broken-client", "timestamp": "2026-11-',
         json.dumps(["an", "array", "is", "not", "a", "transaction"]),
-        json.dumps({**missing, "transaction_id": str(uuid.UUID(int=rng.getrandbits(128), version=4))}),
-        json.dumps(
-            {**good, "transaction_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)), "price": -24.99}
-        ),
-        json.dumps(
-            {**good, "transaction_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)), "quantity": "two"}
-        ),
-        json.dumps(
-            {**good, "transaction_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)), "quantity": 0}
-        ),
-        json.dumps(
-            {
-                **good,
-                "transaction_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                "total_amount": 50,
-            }
-        ),
-        json.dumps(
-            {
-                **good,
-                "transaction_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                "timestamp": "yesterday",
-            }
-        ),
+        *(json.dumps(record) for record in broken),
         json.dumps(good),  # the same transaction twice in one file
     ]
     if earlier is not None:
         lines.append(json.dumps(earlier))  # a transaction another file already delivered
-    return ("\n".join(lines) + "\n").encode("utf-8")
+    day_before = iso_z(moment - DAY, milliseconds=True)
+    fixed = [
+        {**good, "transaction_id": record["transaction_id"], "timestamp": day_before}
+        for record in [good, *broken]
+    ]
+    return HandUpload(bad=_jsonl(lines), fixed=_jsonl(json.dumps(record) for record in fixed))
+
+
+def _jsonl(lines: Iterable[str]) -> bytes:
+    return "".join(f"{line}\n" for line in lines).encode("utf-8")
 
 
 def first_record(s3: S3Client, bucket: str, key: str) -> dict[str, Any] | None:
@@ -241,9 +262,11 @@ def run_schedule(
             bad_key = (
                 f"raw/year={tick:%Y}/month={tick:%m}/day={tick:%d}/hand-upload {tick:%Y%m%dT%H%M%SZ}.json"
             )
-            s3.put_object(Bucket=bucket, Key=bad_key, Body=bad_batch(tick, rng, earlier))
+            upload = hand_upload(tick, rng, earlier)
+            s3.put_object(Bucket=bucket, Key=bad_key, Body=upload.bad)
             summary.raw_files += 1
             summary.bad_files.append(bad_key)
+            summary.fixed[bad_key] = upload.fixed
             _add(
                 summary, invoke(transformer, "transformer", s3_event_for(s3, bucket, bad_key, tick), bad_key)
             )
@@ -258,8 +281,13 @@ def iter_keys(s3: S3Client, bucket: str) -> Iterator[str]:
             yield item["Key"]
 
 
-def download_bucket(s3: S3Client, bucket: str, dest: Path, workers: int = 8) -> int:
-    """Copy every object of the bucket to dest/<key>, a few at a time; returns the number of objects."""
+def download_bucket(s3: S3Client, bucket: str, dest: Path, workers: int = 4) -> int:
+    """Copy every object of the bucket to dest/<key>, a few at a time; returns the number of objects.
+
+    One GET per object, streamed to the file: boto3's download_file adds a HEAD and its own transfer
+    threads per object, which doubled the copy's time against the embedded S3 (the demo's objects are
+    small and many).
+    """
     root = dest.resolve()
     targets = []
     for key in iter_keys(s3, bucket):
@@ -268,7 +296,13 @@ def download_bucket(s3: S3Client, bucket: str, dest: Path, workers: int = 8) -> 
             raise ValueError(f"object key {key!r} would be written outside {dest}")
         target.parent.mkdir(parents=True, exist_ok=True)
         targets.append((key, target))
+
+    def download(key: str, target: Path) -> None:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+        with body, target.open("wb") as file:
+            shutil.copyfileobj(body, file, 1024 * 1024)
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
         # list() re-raises the first failed download here.
-        list(pool.map(lambda item: s3.download_file(bucket, item[0], str(item[1])), targets))
+        list(pool.map(lambda item: download(*item), targets))
     return len(targets)

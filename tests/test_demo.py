@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import os
 import re
 import shutil
 import socket
 import subprocess
 import sys
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from local import catalog, charts, demo, pipeline
 from local.events import s3_put_event, scheduled_event
 from tests.conftest import ROOT, load_event, load_lambda
 
-END = "2026-11-25T00:30:00Z"  # the ticks cross midnight
+# An hour whose ticks cross a midnight two days ago: both its days are over, whatever the clock says, so the
+# compactor may act on them (the replay phase needs a finished day).
+END_TIME = pipeline.last_midnight(datetime.now(UTC)) - timedelta(days=1) + timedelta(minutes=30)
+END = f"{END_TIME:%Y-%m-%dT%H:%M}Z"
+DAY_BEFORE, LAST_DAY = END_TIME.date() - timedelta(days=1), END_TIME.date()
 
 
 def _args(tmp_path: Path, *extra: str) -> list[str]:
@@ -31,7 +38,7 @@ def _args(tmp_path: Path, *extra: str) -> list[str]:
         "--transactions-per-run",
         "3",
         "--bad-files",
-        "1",
+        "3",
         "--end",
         END,
         "--out",
@@ -61,7 +68,129 @@ def _shape(value: Any) -> Any:
     return type(value).__name__
 
 
-def test_demo_runs_the_pipeline_prints_every_query_and_writes_charts(tmp_path, capsys):
+def _name(raw_key: str) -> str:
+    """A raw key's output name, <stem>-<12 hex>, as the contract defines it (the demo's keys are short)."""
+    stem = raw_key.rsplit("/", 1)[-1].removesuffix(".json").lstrip("_.")
+    return f"{stem}-{hashlib.sha256(raw_key.encode()).hexdigest()[:12]}"
+
+
+def _day(key: str) -> date:
+    match = re.search(r"year=(\d{4})/month=(\d\d)/day=(\d\d)/", key)
+    assert match, key
+    return date(int(match[1]), int(match[2]), int(match[3]))
+
+
+def _rows(bucket: Path) -> pd.DataFrame:
+    """Every row of the processed table in the bucket copy, with the key of the file it is in."""
+    frames = []
+    for path in sorted((bucket / "processed" / "transactions").rglob("*.parquet")):
+        frame = pq.read_table(path, columns=["transaction_id", "timestamp"]).to_pandas()
+        frames.append(frame.assign(key=path.relative_to(bucket).as_posix()))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _quarantined(bucket: Path) -> list[dict[str, Any]]:
+    return [
+        json.loads(line)
+        for path in sorted((bucket / "quarantine").rglob("*.jsonl"))
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+
+
+def _manifest_sources(bucket: Path) -> list[str | None]:
+    """The raw key of every entry in the manifests of the compacted days (their heads' footers)."""
+    sources = []
+    for path in (bucket / "processed" / "transactions").rglob("compacted-*.parquet"):
+        if re.fullmatch(r"compacted-\d{8}\.parquet", path.name):
+            manifest = json.loads((pq.read_metadata(path).metadata or {})[b"compaction_manifest"])
+            sources += [entry.get("source_key") for entry in manifest["sources"]]
+    return sources
+
+
+def _states(bucket: Path) -> dict[str, dict[str, Any]]:
+    documents = [json.loads(p.read_bytes()) for p in (bucket / "state" / "transformer").glob("*.json")]
+    return {d["source_key"]: d for d in documents}
+
+
+def _check_phases(out: str, out_dir: Path) -> None:
+    """What the replacement, the replay and the orphan step did, read back from the bucket copy; and the
+    reconciliation after them, counted here from the copy."""
+    bucket = out_dir / "bucket"
+    rows, quarantined, states = _rows(bucket), _quarantined(bucket), _states(bucket)
+    everything = [p.relative_to(bucket).as_posix() for p in bucket.rglob("*") if p.is_file()]
+
+    # Replacement: the fixed content is in raw/, its rows are in the table once each, in the day before
+    # (where the fix moved them); nothing of the old content is left: no quarantine, no old day partition.
+    replaced = re.search(r"^Replacement: a user fixes (raw/.+?\.json) and uploads it again", out, re.M)
+    assert replaced, out
+    replaced_key = replaced[1]
+    fixed = [json.loads(line) for line in (bucket / replaced_key).read_text(encoding="utf-8").splitlines()]
+    assert len(fixed) == 7
+    ids = {record["transaction_id"] for record in fixed}
+    mine = rows[rows["transaction_id"].isin(ids)]
+    assert sorted(mine["transaction_id"]) == sorted(ids)
+    moved_to = {_day(k) for k in mine["key"]}
+    assert (
+        moved_to
+        == {pd.Timestamp(r["timestamp"]).date() for r in fixed}
+        == {_day(replaced_key) - timedelta(1)}
+    )
+    assert not [r for r in quarantined if r["source_key"] == replaced_key]
+    assert [k for k in everything if _name(replaced_key) in k] == [
+        f"processed/transactions/year={moved_to.pop():%Y/month=%m/day=%d}/{_name(replaced_key)}.parquet"
+    ]
+    stale = re.findall(r"^    (\S.*): gone from S3$", out, re.M)
+    assert {k.split("/")[0] for k in stale} == {"processed", "quarantine"}
+    assert all(_day(k) == _day(replaced_key) and not (bucket / k).exists() for k in stale)
+    assert states[replaced_key]["records_read"] == states[replaced_key]["rows_written"] == 7
+
+    # Replay: every raw file of the day went through the transformer again, and the day was compacted.
+    day = re.search(r"^Replay: rebuild (\d{4}-\d\d-\d\d) from raw/", out, re.M)
+    assert day, out
+    replayed = date.fromisoformat(day[1])
+    assert replayed == LAST_DAY  # the last day of the window that is over
+    deleted_key = re.search(r"^Orphans: a person deletes (raw/.+?\.json) \(", out, re.M)
+    assert deleted_key, out
+    deleted = deleted_key[1]
+    raw_of_day = [k for k in everything if k.startswith(f"raw/year={replayed:%Y/month=%m/day=%d}/")]
+    rebuilt = len(raw_of_day) + (_day(deleted) == replayed)
+    assert f"transformer (ecommerce-transformer): {rebuilt} invoked, {rebuilt} accepted, 0 failed" in out
+    partition = bucket / f"processed/transactions/year={replayed:%Y/month=%m/day=%d}"
+    assert [p.name for p in partition.iterdir()] == [f"compacted-{replayed:%Y%m%d}.parquet"]
+
+    # Orphans: nothing is left of the deleted raw file: no output, no quarantined line, no entry in a
+    # compacted day (where its rows were), no state.
+    assert deleted != replaced_key
+    assert not (bucket / deleted).exists()
+    assert not [k for k in everything if _name(deleted) in k]
+    assert not [r for r in quarantined if r["source_key"] == deleted]
+    assert deleted not in states
+    sources = _manifest_sources(bucket)
+    assert deleted not in sources
+
+    # Reconciliation, after both: every raw line is a row or a quarantined line, each row is in the table
+    # exactly once, and each raw file has its state.
+    raw_lines = sum(
+        1
+        for k in everything
+        if k.startswith("raw/")
+        for line in (bucket / k).read_bytes().splitlines()
+        if line.strip()
+    )
+    raw_files = {k for k in everything if k.startswith("raw/") and k.endswith(".json")}
+    assert set(states) == raw_files
+    assert sum(s["rows_written"] for s in states.values()) == len(rows)
+    assert sum(s["quarantined"] for s in states.values()) == len(quarantined)
+    assert sum(s["records_read"] for s in states.values()) == raw_lines == len(rows) + len(quarantined)
+    reconciliation = pd.read_csv(out_dir / "results" / "dq_reconciliation_by_day.csv")
+    assert set(reconciliation["status"]) == {"OK"}
+    assert f"raw records {raw_lines} = processed rows {len(rows)} + quarantined {len(quarantined)}: OK" in out
+    assert f"Processed table: {len(rows)} rows = {len(rows)} rows written, each once: OK" in out
+    assert "MISMATCH" not in out
+
+
+def test_demo_runs_every_phase_prints_every_query_writes_charts_and_still_reconciles(tmp_path, capsys):
     code = demo.main(_args(tmp_path))
     out = capsys.readouterr().out
     assert code == 0, out
@@ -69,25 +198,52 @@ def test_demo_runs_the_pipeline_prints_every_query_and_writes_charts(tmp_path, c
         assert f"== sql/queries/{path.name}" in out
         assert demo.question(path) in out
         assert (tmp_path / "out" / "results" / f"{path.stem}.csv").is_file()
+    # Three hand uploads: one fixed (no bad line left), one deleted, one still with its nine bad lines.
     assert re.search(
-        r"Reconciliation \(SQL\): raw records (\d+) = processed rows \d+ \+ quarantined [1-9]\d*: OK", out
+        r"Reconciliation \(SQL\): raw records (\d+) = processed rows \d+ \+ quarantined 9: OK", out
     )
-    assert "Reconciliation (handlers' own counts)" in out
+    assert "Reconciliation (handlers' own counts" in out
     assert "MISMATCH" not in out
     for name in ("sales_by_category", "revenue_by_hour", "daily_revenue", "top_products_by_revenue"):
         png = tmp_path / "out" / "charts" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # The window crosses midnight: both days are partial, and the tables say so.
-    assert "Window: 2026-11-24 23:30 to 2026-11-25 00:30 UTC (partial: 2026-11-24, 2026-11-25)" in out
+    # The window crosses midnight: both days are partial, and the tables say so (as they do of the day
+    # before, where the fixed file's rows went).
+    assert f"Window: {DAY_BEFORE} 23:30 to {LAST_DAY} 00:30 UTC (partial: {DAY_BEFORE}, {LAST_DAY})" in out
     daily = out.split("== sql/queries/daily_revenue.sql")[1].split("==")[0]
-    assert daily.count("partial day") == 2
+    assert daily.count("partial day") == 3
     bucket = tmp_path / "out" / "bucket"
-    assert len(list((bucket / "raw").rglob("*.json"))) == 12 + 1
+    assert len(list((bucket / "raw").rglob("*.json"))) == 12 + 3 - 1
     assert list((bucket / "processed").rglob("*.parquet"))
     assert list((bucket / "quarantine").rglob("*.jsonl"))
     # The embedded S3 is gone, and the handlers' environment is put back.
     assert not _listening(_port(out))
     assert "AWS_ENDPOINT_URL" not in os.environ
+    _check_phases(out, tmp_path / "out")
+
+
+def test_a_raw_file_deleted_without_the_orphan_step_fails_the_reconciliation_and_the_demo(
+    tmp_path, capsys, monkeypatch
+):
+    def delete_only(session: demo.Session) -> None:
+        session.s3.delete_object(Bucket=demo.BUCKET, Key=session.summary.bad_files[1])
+
+    monkeypatch.setattr(demo, "replay_a_day", lambda session: None)
+    monkeypatch.setattr(demo, "remove_an_orphan", delete_only)
+    monkeypatch.setattr(demo, "write_charts", lambda options, results: [])
+    assert demo.main(_args(tmp_path)) == 1
+    out = capsys.readouterr().out
+    # Its rows are still in the table and its state still there, with no raw file to account for them.
+    assert re.search(r"Reconciliation \(handlers' own counts.*: MISMATCH", out)
+    assert re.search(r"Processed table: \d+ rows = \d+ rows written, each once: MISMATCH", out)
+    assert "which is not in raw/" in out
+
+
+def test_the_replayed_day_is_the_last_one_over_and_a_window_in_the_future_has_none():
+    window = pipeline.Window.ending(datetime(2026, 11, 25, 0, 30, tzinfo=UTC), 2)
+    assert demo.replay_day(window, today=date(2026, 12, 2)) == date(2026, 11, 24)  # the complete one
+    assert demo.replay_day(window, today=date(2026, 11, 24)) == date(2026, 11, 23)  # the only one over
+    assert demo.replay_day(window, today=date(2026, 11, 23)) is None
 
 
 def _outputs(out: Path) -> dict[str, bytes]:
@@ -283,7 +439,7 @@ def test_a_failing_handler_stops_the_demo_with_a_message_naming_it(tmp_path, cap
     assert demo.main(_args(tmp_path)) == 1
     captured = capsys.readouterr()
     assert re.search(
-        r"the transformer handler failed on raw/year=2026/month=11/day=2\d/transactions-", captured.err
+        r"the transformer handler failed on raw/year=\d{4}/month=\d\d/day=\d\d/transactions-", captured.err
     )
     assert "RuntimeError: disk full" in captured.err
     assert not _listening(_port(captured.out))

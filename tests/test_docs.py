@@ -1,4 +1,5 @@
-"""The docs hold: every relative link resolves, and the console guide's quick facts are the stack's."""
+"""The docs hold: README is a short front door that links every docs page, every relative link resolves,
+and README's quick facts are the stack's and the handlers'."""
 
 from __future__ import annotations
 
@@ -12,7 +13,11 @@ import pytest
 from tests.conftest import ROOT
 from tests.infra.cfn import CONSOLE_STACK_NAME, load_template, parameter_defaults, resources_of_type
 
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+README = ROOT / "README.md"
+DOCS_PAGES = sorted((ROOT / "docs").glob("*.md"))
+DOCS = [README, *DOCS_PAGES]
+# README is the front door: what it is, the two commands, quick facts, deploy, cost, links.
+README_MAX_LINES = 300
 FENCE = re.compile(r"^(```|~~~).*?^\1[^\n]*$", re.MULTILINE | re.DOTALL)
 INLINE_CODE = re.compile(r"`[^`\n]*`")
 LINK = re.compile(r"!?\[(?:[^\]\\]|\\.)*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
@@ -89,7 +94,18 @@ def test_the_link_check_sees_links_and_ignores_code(tmp_path: Path) -> None:
     assert anchors(doc) == {"title"}
 
 
-# --- docs/console-guide.md's quick facts ----------------------------------------------------------
+def test_readme_is_a_front_door_of_at_most_300_lines() -> None:
+    lines = README.read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines; move detail to docs/"
+
+
+def test_readme_links_every_docs_page() -> None:
+    linked = {(ROOT / unquote(t.partition("#")[0])).resolve() for t in relative_links(README)}
+    assert DOCS_PAGES, "no docs/*.md found"
+    assert [p.name for p in DOCS_PAGES if p.resolve() not in linked] == []
+
+
+# --- README.md's quick facts ----------------------------------------------------------------------
 
 TEMPLATE = load_template()
 FUNCTIONS = {
@@ -105,10 +121,16 @@ ENV_READ = [
 
 
 def quick_facts() -> dict[str, dict[str, str]]:
-    """The table under "## Quick facts": fact -> function -> cell."""
-    text = (ROOT / "docs" / "console-guide.md").read_text(encoding="utf-8")
-    section = text.split("## Quick facts", 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("|")]
+    """The first table under README's "## Quick facts..." heading: fact -> function -> cell."""
+    text = README.read_text(encoding="utf-8")
+    section = re.split(r"^## Quick facts.*$", text, maxsplit=1, flags=re.MULTILINE)[1].split("\n## ", 1)[0]
+    lines = section.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append(line)
     header = [c.strip() for c in rows[0].strip("|").split("|")]
     facts = {}
     for row in rows[2:]:
@@ -138,7 +160,7 @@ def _env_in_code(function: str) -> dict[str, str]:
 
 def _link(cell: str) -> str:
     (target,) = re.findall(r"\]\(([^)]+)\)", cell)
-    return str((ROOT / "docs" / target).resolve().relative_to(ROOT))
+    return str((README.parent / target).resolve().relative_to(ROOT))
 
 
 def test_the_quick_facts_table_covers_the_three_functions() -> None:

@@ -640,6 +640,20 @@ def test_a_state_object_that_is_not_one_stops_the_orphan_step_before_anything_is
     code = replay.main(["orphans", "--bucket", BUCKET, "--yes"], runtime=in_process(s3))
 
     assert code == 1
+    assert "is not a state object this function wrote" in capsys.readouterr().err
+    assert snapshot(s3) == before
+
+
+def test_a_state_object_under_another_keys_name_stops_the_orphan_step(
+    s3: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = load_lambda("transformer").State(source_key="raw/y.json", etag="e", outputs=())
+    s3.put_object(Bucket=BUCKET, Key=state_key("raw/x.json"), Body=state.to_json())
+    before = snapshot(s3)
+
+    code = replay.main(["orphans", "--bucket", BUCKET, "--yes"], runtime=in_process(s3))
+
+    assert code == 1
     assert "belongs to another state key" in capsys.readouterr().err
     assert snapshot(s3) == before
 
@@ -1428,7 +1442,7 @@ def test_a_bucket_written_under_the_old_names_is_converted_by_a_full_rebuild_and
 
 
 def test_the_tool_works_under_the_operator_policy_with_iam_enforced(s3: Any) -> None:
-    # GIVEN an operator whose only permissions are the policy file's, filled in as README's `fill` does.
+    # GIVEN an operator whose only permissions are the policy file's, filled in as `make console-files` does.
     # (S3 only: moto checks other services' calls against resource "*", so a grant scoped to the queue's
     # or a function's ARN, as IAM wants it, reads as denied there; the test above checks those.)
     text = (ROOT / "infra" / "iam" / "operator-replay-policy.json").read_text(encoding="utf-8")

@@ -32,7 +32,7 @@ BUCKET = "sql-test-bucket"
 ALL_SQL = sorted(catalog.SQL_DIR.rglob("*.sql"))
 QUERIES = {p.stem: p for p in catalog.query_files()}
 
-# CONTRACT.md, "Processed table": column -> Athena type, in order.
+# docs/contract.md, "Processed table": column -> Athena type, in order.
 CONTRACT_COLUMNS = {
     "transaction_id": "string",
     "timestamp": "timestamp",

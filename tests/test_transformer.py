@@ -1,4 +1,5 @@
-"""Transformer: every raw record ends in processed/ or quarantine/ (with a reason), as CONTRACT.md says."""
+"""Transformer: every raw record ends in processed/ or quarantine/ (with a reason), as docs/contract.md
+says."""
 
 from __future__ import annotations
 
@@ -312,6 +313,19 @@ def test_a_file_holding_one_json_array_is_one_record_per_element(s3):
     assert reasons(quarantined(s3, tr.output_name(key))) == [(4, "not_an_object")]
 
 
+def test_a_one_document_file_too_big_to_parse_whole_is_read_as_json_lines(s3, monkeypatch):
+    # Parsing a document whole takes about 12 times its size: past the limit, each line is a record
+    monkeypatch.setattr(tr, "MAX_DOCUMENT_BYTES", 100)
+    key = "raw/manual/orders.json"
+    body = json.dumps([record(transaction_id=f"arr-{i}") for i in range(2)], indent=2)
+    put(s3, key, body)
+    tr.lambda_handler(s3_event(key), None)
+    assert processed(s3, tr.output_name(key)) == {}
+    entries = quarantined(s3, tr.output_name(key))
+    assert len(entries) == len([line for line in body.splitlines() if line.strip()])
+    assert {e["reason"] for e in entries} <= {"malformed_json", "not_an_object"}
+
+
 def test_hand_uploads_outside_a_date_partition_quarantine_under_their_last_modified_date(s3):
     key = "raw/manual/bad.json"
     run(s3, key, "not json at all\n")
@@ -404,6 +418,7 @@ BAD_LINES = [
     pytest.param(
         json.dumps(record(category="\u3000\t")), "missing_field", "category is blank", id="unicode-blank"
     ),
+    pytest.param(json.dumps(record(price=" ")), "missing_field", "price is blank", id="blank-money-string"),
     pytest.param(json.dumps(record(quantity=1e300)), "invalid_quantity", "", id="qty-huge"),
     pytest.param(
         json.dumps(record(timestamp="2026-11-25T10:00:00Z\n")), "invalid_timestamp", "", id="ts-newline"

@@ -1,4 +1,4 @@
-"""Transformer: a raw key's outputs are its own and always its current content's (CONTRACT.md, bucket
+"""Transformer: a raw key's outputs are its own and always its current content's (docs/contract.md, bucket
 layout): output identity, replacement, retries, redelivery, and every interleaving of two invocations."""
 
 from __future__ import annotations
@@ -432,4 +432,26 @@ def test_two_invocations_for_one_key_end_with_the_latest_contents_outputs(s3, he
         _until_done_or_blocked(old)
         new.finish()
         old.finish()
+    assert_outputs_are_exactly(s3, V2)
+
+
+def test_a_marker_asking_to_drop_unclaimed_entries_keeps_asking_after_the_transformer_marks_the_day(s3):
+    # GIVEN tools/replay.py's orphans step marked the 26th: drop the entries no state claims
+    put_raw(s3, V1)
+    handle()
+    marker_key = tr.dirty_marker_key(date(2026, 11, 26))
+    s3.put_object(
+        Bucket=BUCKET,
+        Key=marker_key,
+        Body=json.dumps(
+            {"token": "t", "reason": "orphans", "source_key": None, "drop_unclaimed": True}
+        ).encode(),
+    )
+    # WHEN a replacement removes this key's file from that day, which marks it again
+    put_raw(s3, V2)
+    handle()
+    # THEN the marker is new (a new token) and still asks to drop unclaimed entries
+    marker = json.loads(s3.get_object(Bucket=BUCKET, Key=marker_key)["Body"].read())
+    assert marker["token"] != "t"  # noqa: S105 - a marker token
+    assert marker["drop_unclaimed"] is True
     assert_outputs_are_exactly(s3, V2)

@@ -1,16 +1,14 @@
 """The bucket as tools/replay.py sees it: names, state objects and their locks, dirty-day markers, manifests.
 
-Every name and format here is the one the design of issue 9 fixes and the transformer and the
-compactor follow (state/transformer/<sha256>.json, state/compaction/dirty/..., the compacted file's
-manifest). The handlers cannot import this module (each is one file pasted into the console), so the
-rules are restated here, and tests/test_replay.py checks them against the handlers' own outputs. AWS
-errors become ReplayError with what was being done, where, and for an access denial the IAM action
-missing from infra/iam/operator-replay-policy.json.
+The names and the state object's format are the transformer's own (this module imports the handler file,
+as the tests and the demo do): one definition. The compacted file's manifest is read as the compactor
+writes it, and tests/test_replay.py checks that against the real compactor. AWS errors become ReplayError
+with what was being done, where, and for an access denial the IAM action missing from
+infra/iam/operator-replay-policy.json.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -26,16 +24,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
+from local.lambdas import load_lambda
+
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 _logger = logging.getLogger(__name__)
+_transformer = load_lambda("transformer")
 
 RAW_PREFIX = "raw/"
 PROCESSED_PREFIX = "processed/transactions/"
 QUARANTINE_PREFIX = "quarantine/"
-STATE_PREFIX = "state/transformer/"
-MARKER_PREFIX = "state/compaction/dirty/"
+STATE_PREFIX: str = _transformer.STATE_PREFIX
+MARKER_PREFIX: str = _transformer.DIRTY_PREFIX
 MANIFEST_KEY = b"compaction_manifest"  # the compacted file's footer entry (lambda/compactor)
 POLICY_FILE = "infra/iam/operator-replay-policy.json"
 
@@ -107,12 +108,14 @@ def aws_errors(what: str) -> Iterator[None]:
 
 
 def state_key(raw_key: str) -> str:
-    return f"{STATE_PREFIX}{hashlib.sha256(raw_key.encode('utf-8')).hexdigest()}.json"
+    key: str = _transformer.state_key(raw_key)
+    return key
 
 
 def name_hash(raw_key: str) -> str:
     """The 12 hex digits every output name of `raw_key` ends with."""
-    return hashlib.sha256(raw_key.encode("utf-8")).hexdigest()[:12]
+    name: str = _transformer.output_name(raw_key)
+    return name.rsplit("-", 1)[1]
 
 
 def hashed_suffix(output_key: str) -> str | None:
@@ -147,7 +150,8 @@ def day_prefix(prefix: str, day: date) -> str:
 
 
 def marker_key(day: date) -> str:
-    return f"{MARKER_PREFIX}year={day:%Y}/month={day:%m}/day={day:%d}.json"
+    key: str = _transformer.dirty_marker_key(day)
+    return key
 
 
 def is_compacted(key: str) -> bool:
@@ -279,36 +283,17 @@ class State:
 
 
 def parse_state(key: str, body: bytes, where: str) -> dict[str, Any]:
-    """The state document, checked field by field; anything else is a named error."""
+    """The state document, read by the transformer's own parser; anything else is a named error."""
     try:
-        document: dict[str, Any] = json.loads(body)
-    except ValueError as e:
-        raise ReplayError(f"{where} is not JSON: {e}") from e
-    problem = None
-    if not isinstance(document, dict) or document.get("version") != 1:
-        problem = "not a version 1 state object"
-    elif not isinstance(document.get("source_key"), str):
-        problem = "source_key is not a string"
-    elif state_key(document["source_key"]) != key:
-        problem = f"its source_key {document['source_key']!r} belongs to another state key"
-    elif not (document.get("etag") is None or isinstance(document.get("etag"), str)):
-        problem = "etag is neither null nor a string"
-    elif not (
-        isinstance(document.get("outputs"), list) and all(isinstance(o, str) for o in document["outputs"])
-    ):
-        problem = "outputs is not a list of keys"
-    elif document.get("lock") is not None:
-        lock = document["lock"]
-        try:
-            valid = (
-                isinstance(lock["token"], str) and datetime.fromisoformat(lock["expires"]).tzinfo is not None
-            )
-        except (KeyError, TypeError, ValueError):
-            valid = False
-        if not valid:
-            problem = "lock is neither null nor {token, expires (UTC)}"
-    if problem:
-        raise ReplayError(f"{where}: {problem}; fix or delete it by hand, then run again")
+        state = _transformer.State.from_json(body, where)
+    except _transformer.TransformerError as e:
+        raise ReplayError(str(e)) from e
+    if state_key(state.source_key) != key:
+        raise ReplayError(
+            f"{where}: its source_key {state.source_key!r} belongs to another state key; fix or delete it by "
+            "hand, then run again"
+        )
+    document: dict[str, Any] = json.loads(state.to_json())
     return document
 
 

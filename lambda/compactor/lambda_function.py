@@ -89,7 +89,6 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 _logger = logging.getLogger()
-_logger.setLevel(os.environ.get("LOG_LEVEL", "INFO"))
 
 PROCESSED_PREFIX = "processed/transactions/"
 # Outside the table's location: a queryable copy of each day's manifest, so that SQL can still count
@@ -113,7 +112,7 @@ _ParquetFile: Any = pq.ParquetFile
 _ParquetWriter: Any = pq.ParquetWriter
 _read_metadata: Any = pq.read_metadata
 
-# The processed table as CONTRACT.md fixes it (year/month/day live only in the key).
+# The processed table as docs/contract.md fixes it (year/month/day live only in the key).
 SCHEMA = pa.schema(
     [
         ("transaction_id", pa.string()),
@@ -181,6 +180,47 @@ class Config:
     lookback_days: int
     row_group_rows: int
     part_rows: int
+    log_level: int = logging.INFO
+
+
+# LOG_LEVEL's accepted values, any case; WARN is the name Lambda's own log levels use.
+LOG_LEVELS: dict[str, int] = {
+    "DEBUG": logging.DEBUG,
+    "INFO": logging.INFO,
+    "WARNING": logging.WARNING,
+    "WARN": logging.WARNING,
+    "ERROR": logging.ERROR,
+    "CRITICAL": logging.CRITICAL,
+}
+# Lambda's application log levels (AWS_LAMBDA_LOG_LEVEL) that drop a stdout line without a "level"
+# field, which Lambda counts as INFO: the metric lines. docs/logging-and-metrics.md says why.
+_LAMBDA_LEVELS_THAT_DROP_METRICS = frozenset({"WARN", "ERROR", "FATAL"})
+
+
+def parse_log_level(value: str | None) -> int:
+    """LOG_LEVEL as a `logging` level: any case, unset or blank is INFO, WARN means WARNING."""
+    name = (value or "").strip().upper() or "INFO"
+    if name not in LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)} (any case), got {value!r}")
+    return LOG_LEVELS[name]
+
+
+def warn_if_lambda_drops_metrics(env: Mapping[str, str]) -> None:
+    """Log an error when Lambda's application log level would silently drop the metric lines."""
+    level = env.get("AWS_LAMBDA_LOG_LEVEL", "").strip().upper()
+    if level in _LAMBDA_LEVELS_THAT_DROP_METRICS:
+        _logger.error(
+            f"Lambda's application log level is {level}: it drops this function's metric lines (Lambda "
+            "counts them as INFO), so the dashboard gets no data. Set the application log level to INFO "
+            "(Configuration > Monitoring and operations tools > Logging configuration) and use LOG_LEVEL "
+            "to quiet the function's own logs.",
+            extra={"application_log_level": level},
+        )
+
+
+def _utc_now() -> datetime:
+    """The clock: the days to compact, and the metrics' timestamp (tests replace it)."""
+    return datetime.now(UTC)
 
 
 def _env_number(env: Mapping[str, str], name: str, default: str, low: float, high: float) -> float:
@@ -196,6 +236,7 @@ def _env_number(env: Mapping[str, str], name: str, default: str, low: float, hig
 
 def load_config(env: Mapping[str, str]) -> Config:
     """Read and validate the compactor's configuration from the environment, in one place."""
+    log_level = parse_log_level(env.get("LOG_LEVEL"))
     bucket = env.get("BUCKET_NAME", "").strip()
     if not bucket:
         raise ConfigError("environment variable BUCKET_NAME is required: the bucket holding processed/")
@@ -213,6 +254,7 @@ def load_config(env: Mapping[str, str]) -> Config:
         lookback_days=int(lookback),
         row_group_rows=int(rows),
         part_rows=int(part),
+        log_level=log_level,
     )
 
 
@@ -1195,7 +1237,8 @@ def compact_day(
 
 
 def metrics_line(metrics: Mapping[str, tuple[float, str]], at: datetime) -> str:
-    """One CloudWatch Embedded Metric Format record (namespace EcommercePipeline, no dimensions)."""
+    """One CloudWatch Embedded Metric Format record (namespace EcommercePipeline, no dimensions). `at` is the
+    time the line is written: CloudWatch drops datapoints older than two weeks."""
     document: dict[str, Any] = {
         "_aws": {
             "Timestamp": int(at.timestamp() * 1000),
@@ -1245,9 +1288,11 @@ def remove_stale_tmp() -> None:
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """EventBridge schedule entry point (or {"date": "YYYY-MM-DD"} for a backfill): compact finished days."""
     started = time.perf_counter()
-    remove_stale_tmp()
     config = load_config(os.environ)
-    now = datetime.now(UTC)
+    _logger.setLevel(config.log_level)
+    warn_if_lambda_drops_metrics(os.environ)
+    remove_stale_tmp()
+    now = _utc_now()
     days, results = compact(s3_client(), config, event, now)
     totals = {
         "PartitionsCompacted": (sum(r["action"] == "compacted" for r in results), "Count"),
@@ -1255,7 +1300,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         "RowsCompacted": (sum(r["rows"] for r in results if r["action"] == "compacted"), "Count"),
         "SourcesDeleted": (sum(r["deleted"] for r in results), "Count"),
     }
-    sys.stdout.write(metrics_line(totals, now) + "\n")
+    sys.stdout.write(metrics_line(totals, _utc_now()) + "\n")  # stamped when written, never the event's time
     _logger.info(
         "compaction run done",
         extra={

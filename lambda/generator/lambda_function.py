@@ -46,7 +46,7 @@ METRICS_NAMESPACE = "EcommercePipeline"
 # Lines formatted and written to the temporary file at a time: about 2.3 MiB of text.
 LINES_PER_CHUNK = 8192
 
-# The raw record as CONTRACT.md fixes it; tests check that the transformer and the DDL agree.
+# The raw record as docs/contract.md fixes it; tests check that the transformer and the DDL agree.
 RAW_FIELDS: tuple[str, ...] = (
     "transaction_id",
     "timestamp",

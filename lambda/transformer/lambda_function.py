@@ -4,7 +4,7 @@ Runs on Python 3.12 with the AWSSDKPandas layer for pyarrow and numpy; it import
 the standard library and boto3, so it pastes into the Lambda console as it is.
 
 One semantics, two paths. The exact path reads one line at a time with Python's json module and is the
-definition of every rule in CONTRACT.md. The fast path reads a block of lines with pyarrow and checks the
+definition of every rule in docs/contract.md. The fast path reads a block of lines with pyarrow and checks the
 same rules on whole columns, but it only ever ACCEPTS rows: a row it is not sure of goes to the exact path,
 which decides and gives the reason. So the fast path can make the work faster, never different; a
 property-based test (tests/test_transformer_paths.py) checks that on generated, damaged input.
@@ -66,9 +66,10 @@ METRICS_NAMESPACE = "EcommercePipeline"
 # Lines are read from S3 and validated in blocks of about this many bytes: memory stays flat however big
 # the object is, and each block is big enough for pyarrow's reader to run at full speed.
 BLOCK_BYTES = 8 * 1024 * 1024
-# A file that is one JSON document (an array, or one pretty-printed object) has to be parsed whole;
-# beyond this size it is read as JSON Lines instead.
-MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
+# A file that is one JSON document (an array, or one pretty-printed object) is parsed whole, which takes
+# about 12 times its size in memory (measured: a 30 MiB array peaks at 386 MiB); beyond this size it is
+# read as JSON Lines instead, so that the function fits in 512 MB.
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 # Outputs of a raw object up to this size are built in memory; bigger ones in a temporary directory (/tmp).
 IN_MEMORY_BYTES = 8 * 1024 * 1024
 # A block of fewer lines than this goes straight to the exact path (pyarrow's reader costs ~0.7 ms a call).
@@ -77,7 +78,7 @@ SMALL_BLOCK_LINES = 32
 MAX_DEPTH = 512
 
 # ---------------------------------------------------------------------------------------------------
-# The contract's schema (CONTRACT.md). The generator and the DDL in sql/ carry the same lists; a test
+# The contract's schema (docs/contract.md). The generator and the DDL in sql/ carry the same lists; a test
 # checks that the three agree.
 
 RAW_FIELDS: tuple[str, ...] = (
@@ -156,7 +157,6 @@ _BLANK_RE = re.compile(f"[{WHITESPACE}]*")
 _MONEY_STRING_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 # A JSON string escape that may stand for half a surrogate pair (\uD800-\uDFFF).
 _SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89a-fA-F]")
-_JSON_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _PARTITION_RE = re.compile(r"(?:^|/)year=([0-9]{4})/month=([0-9]{2})/day=([0-9]{2})/")
 
 # LOG_LEVEL's accepted values, any case; WARN is the name Lambda's own log levels use.
@@ -277,7 +277,7 @@ STEM_MAX_BYTES = 150  # keeps every output key far below S3's 1,024-byte limit, 
 
 
 def output_name(raw_key: str) -> str:
-    """`<stem>-<first 12 hex of SHA-256 of the raw key>`, the stem without leading _ or . (CONTRACT.md)."""
+    """`<stem>-<first 12 hex of SHA-256 of the raw key>`, stem without leading _ or . (docs/contract.md)."""
     stem = raw_key.rsplit("/", 1)[-1].removesuffix(".json").lstrip("_.")
     stem = stem.encode("utf-8")[:STEM_MAX_BYTES].decode("utf-8", errors="ignore")
     return f"{stem}-{hashlib.sha256(raw_key.encode('utf-8')).hexdigest()[:12]}"
@@ -357,13 +357,16 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-def _nesting(text: str) -> int:
-    """How deeply arrays and objects nest in `text` (JSON strings skipped)."""
-    if text.count("[") + text.count("{") <= MAX_DEPTH:
-        return 0  # cannot be deeper than the limit: not worth measuring
-    brackets = np.frombuffer(_JSON_STRING_RE.sub("", text).encode("utf-8", "replace"), dtype=np.uint8)
-    steps = np.isin(brackets, (ord("["), ord("{"))).astype(np.int64) - np.isin(brackets, (ord("]"), ord("}")))
-    return int(np.cumsum(steps).max(initial=0))
+def _depth(value: Any) -> int:
+    """How deeply arrays and objects nest in a parsed JSON value (1 for a flat object), without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        current, level = stack.pop()
+        children = current.values() if isinstance(current, dict) else current
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children if isinstance(child, dict | list))
+    return deepest if isinstance(value, dict | list) else 0
 
 
 def parse_json(raw: bytes) -> Any | Reject:
@@ -378,10 +381,7 @@ def parse_json(raw: bytes) -> Any | Reject:
         return Reject("malformed_json", f"not valid UTF-8: byte 0x{raw[e.start]:02x} at offset {e.start}")
     if text.startswith("\ufeff"):
         return Reject("malformed_json", "not valid JSON: a byte order mark inside the file")
-    if _nesting(text) > MAX_DEPTH:
-        return Reject(
-            "malformed_json", f"not valid JSON here: arrays and objects nested deeper than {MAX_DEPTH}"
-        )
+    too_deep = Reject("malformed_json", f"arrays and objects nested deeper than {MAX_DEPTH} levels")
     try:
         value = json.loads(
             text,
@@ -390,8 +390,13 @@ def parse_json(raw: bytes) -> Any | Reject:
             parse_float=Decimal,
             parse_int=Decimal,
         )
-    except (ValueError, RecursionError) as e:
+    except RecursionError:  # Python's own limit, well above MAX_DEPTH
+        return too_deep
+    except ValueError as e:
         return Reject("malformed_json", f"not valid JSON: {e}")
+    # Nesting can only pass the limit where there are more brackets than that: not worth a walk else.
+    if text.count("[") + text.count("{") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
+        return too_deep
     if _SURROGATE_ESCAPE_RE.search(text):
         try:
             json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
@@ -459,7 +464,7 @@ def _presence_and_types(obj: Mapping[str, Any]) -> Reject | None:
         value = obj.get(name)
         if value is None:
             return Reject("missing_field", f"{name} is {'null' if name in obj else 'absent'}")
-        if isinstance(value, str) and name not in MONEY_FIELDS and is_blank(value):
+        if isinstance(value, str) and is_blank(value):
             return Reject("missing_field", f"{name} is {'empty' if not value else 'blank'}")
     for name in (*STRING_FIELDS, "timestamp"):
         if not isinstance(obj[name], str):
@@ -1299,11 +1304,15 @@ def _parse_document(document: bytes) -> tuple[list[Any], list[str]] | None:
     texts = []
     position = text.index("[") + 1
     for _ in value:
-        position = len(text) - len(text[position:].lstrip(" \t\n\r,"))
+        gap = _BETWEEN_ELEMENTS.match(text, position)
+        position = gap.end() if gap else position
         _, end = decoder.raw_decode(text, position)
         texts.append(text[position:end])
         position = end
     return value, texts
+
+
+_BETWEEN_ELEMENTS = re.compile(r"[ \t\n\r,]*")
 
 
 def _looks_like_one_document(head: bytes) -> bool:
@@ -1387,7 +1396,7 @@ def _prepend(head: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
     yield from rest
 
 
-# S3 edge. The outputs of a raw key are exactly those of its current content (CONTRACT.md, bucket layout).
+# S3 edge. The outputs of a raw key are exactly those of its current content (docs/contract.md, layout).
 #
 # state/transformer/<SHA-256 of the raw key>.json records the ETag whose outputs are in place, every
 # output that may exist for the key, and a lock. Every write of it is conditional (If-Match or
@@ -1790,18 +1799,43 @@ class _Job:
 
 def _mark_dirty(s3: S3Client, bucket: str, day: date, source_key: str) -> None:
     """Tell the compactor to check `day` against the state again (state/compaction/dirty/...). A fresh token
-    in every marker gives it a new ETag, so the compactor's conditional delete never removes a newer one."""
-    body = {
-        "token": uuid.uuid4().hex,
-        "reason": "transformer changed the day's files",
-        "source_key": source_key,
-        "drop_unclaimed": False,
-    }
+    in every marker gives it a new ETag, so the compactor's conditional delete never removes a newer one.
+    A marker that asks the compactor to drop unclaimed entries (tools/replay.py's orphans step) keeps
+    asking: the marker is replaced only if it is still the one read."""
     key = dirty_marker_key(day)
-    try:
-        s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode(), ContentType="application/json")
-    except ClientError as e:
-        raise TransformerError(f"cannot write s3://{bucket}/{key}: {_error_code(e) or e}") from e
+    where = f"s3://{bucket}/{key}"
+    for _ in range(5):
+        condition: dict[str, str] = {"IfNoneMatch": "*"}
+        drop_unclaimed = False
+        try:
+            current = s3.get_object(Bucket=bucket, Key=key)
+        except ClientError as e:
+            if _error_code(e) not in ("NoSuchKey", "404"):
+                raise TransformerError(f"cannot read {where}: {_error_code(e) or e}") from e
+        else:
+            condition = {"IfMatch": str(current["ETag"])}
+            with contextlib.suppress(ValueError, AttributeError):
+                drop_unclaimed = json.loads(current["Body"].read()).get("drop_unclaimed") is True
+        body = {
+            "token": uuid.uuid4().hex,
+            "reason": "transformer changed the day's files",
+            "source_key": source_key,
+            "drop_unclaimed": drop_unclaimed,
+        }
+        try:
+            s3.put_object(
+                Bucket=bucket,
+                Key=key,
+                Body=json.dumps(body).encode(),
+                ContentType="application/json",
+                **condition,  # type: ignore[arg-type]
+            )
+        except ClientError as e:
+            if _error_code(e) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                continue  # written or deleted meanwhile: read it again
+            raise TransformerError(f"cannot write {where}: {_error_code(e) or e}") from e
+        return
+    raise TransformerError(f"{where} kept changing while this invocation wrote it; Lambda retries")
 
 
 def _upload(s3: S3Client, output: Output, bucket: str, key: str, content_type: str) -> None:
@@ -1824,7 +1858,8 @@ def _delete(s3: S3Client, bucket: str, key: str) -> None:
 
 
 def metrics_line(summary: Mapping[str, Any], at: datetime) -> str:
-    """One CloudWatch Embedded Metric Format record (namespace EcommercePipeline, no dimensions)."""
+    """One CloudWatch Embedded Metric Format record (namespace EcommercePipeline, no dimensions). `at` is the
+    time the line is written: CloudWatch drops datapoints older than two weeks."""
     metrics = {
         "RecordsRead": (summary["records_read"], "Count"),
         "RecordsWritten": (summary["rows_written"], "Count"),

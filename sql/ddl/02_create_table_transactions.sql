@@ -1,5 +1,5 @@
 -- ecommerce_db.transactions: the processed transactions the transformer writes as Parquet.
--- Columns and types are CONTRACT.md's processed table. year/month/day exist only in the S3 key
+-- Columns and types are docs/contract.md's processed table. year/month/day exist only in the S3 key
 -- (processed/transactions/year=2026/month=11/day=25/...), never in the files.
 -- Partition projection computes the partitions from the key template, so a new day's data is
 -- queryable as soon as it lands: no crawler, no MSCK REPAIR TABLE, no ALTER TABLE ADD PARTITION.

@@ -152,6 +152,7 @@ def test_transformer_reads_raw_and_writes_only_its_outputs_and_bookkeeping() -> 
         # The per-raw-key state (what is in place, and the lock) and the compactor's dirty-day markers
         ("s3:GetObject", f"{BUCKET_ARN}/state/transformer/*"),
         ("s3:PutObject", f"{BUCKET_ARN}/state/transformer/*"),
+        ("s3:GetObject", f"{BUCKET_ARN}/state/compaction/dirty/*"),  # to keep a replay's drop_unclaimed
         ("s3:PutObject", f"{BUCKET_ARN}/state/compaction/dirty/*"),
     }
     sqs = {(a, r) for a, r, _ in grants if a.startswith("sqs:")}

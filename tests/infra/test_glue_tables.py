@@ -3,7 +3,7 @@
 Console users run the DDL in Athena; the stack creates the same tables as AWS::Glue::Table. Columns and
 types in order, partition keys, location, storage (SerDe, input and output formats, SerDe parameters)
 and table properties (partition projection) must agree, so that a query in sql/queries/ means the same
-on either path. The processed table is also checked against CONTRACT.md's column list.
+on either path. The processed table is also checked against docs/contract.md's column list.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ PARQUET_STORAGE = {
 # (EXTERNAL=TRUE, which Athena records for CREATE EXTERNAL TABLE, is compared like the others.)
 CATALOG_ONLY_PARAMETERS = {"classification"}
 
-# CONTRACT.md, "Processed table": column -> Athena type, in order; year/month/day are partition keys.
+# docs/contract.md, "Processed table": column -> Athena type, in order; year/month/day are partition keys.
 CONTRACT_PROCESSED_COLUMNS = [
     ("transaction_id", "string"),
     ("timestamp", "timestamp"),
@@ -48,7 +48,7 @@ CONTRACT_PROCESSED_COLUMNS = [
     ("day_of_week", "int"),
 ]
 CONTRACT_PARTITIONS = [("year", "int"), ("month", "int"), ("day", "int")]
-# CONTRACT.md, "Rejected records": the fields of one quarantine line.
+# docs/contract.md, "Rejected records": the fields of one quarantine line.
 CONTRACT_QUARANTINE_FIELDS = ["source_key", "line", "reason", "detail", "record"]
 
 
@@ -193,7 +193,7 @@ def test_partition_projection_covers_each_partition_key_and_the_key_layout() -> 
         assert parameters["storage.location.template"] == (
             table.location + "year=${year}/month=${month}/day=${day}"
         )
-        # Month and day are zero-padded in the keys (CONTRACT.md), so projection must pad them too.
+        # Month and day are zero-padded in the keys (docs/contract.md), so projection must pad them too.
         assert parameters["projection.month.digits"] == parameters["projection.day.digits"] == "2"
 
 
