@@ -50,6 +50,15 @@ def ratio(numerator: float, denominator: float) -> float:
 # --- Issue 8: the transformer against the bare reference ------------------------------------------------
 
 
+def _minima(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> str:
+    """The fastest round of each, beside the medians: other work on a shared machine only ever adds CPU
+    seconds to a run, so the minima show the costs with the least interference."""
+    if len(ours.get("runs", ())) < 2 or len(theirs.get("runs", ())) < 2:
+        return ""
+    a, b = (min(r["work_cpu_s"] for r in side["runs"]) for side in (ours, theirs))
+    return f"; minima of {len(ours['runs'])} rounds {a:.2f} vs {b:.2f} s = {ratio(a, b):.2f}x"
+
+
 def transformer_figures(section: Mapping[str, Any], records: int) -> list[Figure]:
     """Issue 8's goals from the transformer section's medians (see bench.run.transformer_section)."""
     ref, tra = section["reference"], section["transformer"]
@@ -65,8 +74,8 @@ def transformer_figures(section: Mapping[str, Any], records: int) -> list[Figure
             f"CPU s (user+sys) of the invocation, {size}, {core}",
             f"transformer {tra_one['work_cpu_s']:.2f} s vs reference {ref_one['work_cpu_s']:.2f} s = "
             f"{cpu:.2f}x (whole process, start-up included: {tra_one['process_cpu_s']:.2f} vs "
-            f"{ref_one['process_cpu_s']:.2f} s)",
-            f"<= {CPU_RATIO_GOAL}x",
+            f"{ref_one['process_cpu_s']:.2f} s){_minima(tra_one, ref_one)}",
+            f"<= {CPU_RATIO_GOAL}x (medians)",
             cpu <= CPU_RATIO_GOAL,
             cpu,
         )

@@ -331,6 +331,21 @@ def test_the_cpu_goal_passes_at_most_1_3_times_the_references_cpu_on_one_core(cp
     assert _goal(figures, "CPU s").passed is expected
 
 
+def test_the_cpu_figure_shows_the_fastest_round_of_each_beside_the_medians():
+    rounds = {"runs": [{"work_cpu_s": s} for s in (2.4, 2.0, 2.9)]}
+    figures = model.transformer_figures(
+        _section(
+            transformer_one_core={**_run(2.0, 3.0), **rounds},
+            reference_one_core={"runs": [{"work_cpu_s": s} for s in (1.6, 2.5, 2.2)], **_run(2.0, 2.2)},
+        ),
+        1_000_000,
+    )
+
+    cpu = _goal(figures, "CPU s")
+    assert "minima of 3 rounds 2.00 vs 1.60 s = 1.25x" in cpu.measured
+    assert cpu.passed is False  # the verdict stays on the medians: 3.0 / 2.2
+
+
 @pytest.mark.parametrize(("work_s", "expected"), [(2.5, True), (2.52, False)])
 def test_the_wall_goal_passes_at_most_1_25_times_the_references_wall_time_unpinned(
     work_s: float, expected: bool
