@@ -364,6 +364,7 @@ def measure(
         runs["rewrite"] = run_child(endpoint, limits["part_rows"], limits["row_group_rows"], Path(tmp))
         listing = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"processed/transactions/year={DAY:%Y}/")
         written = {o["Key"].rsplit("/", 1)[1]: o["Size"] for o in listing.get("Contents", [])}
+    check_work(runs, rate, files)
     rows = runs["rewrite"]["result"]["rows"]
     compacted_bytes = sum(written.values())
     report = {
@@ -389,6 +390,20 @@ def measure(
         },
     }
     return relimit(report, limits)
+
+
+def check_work(runs: dict[str, Any], rate: int, files: int) -> None:
+    """The figures are those of the day built here, or none: the first run merges every file into
+    `rate` x `files` rows, the rewrite the late file into one more file's worth."""
+    expected = {"first": (files, rate * files), "rewrite": (1, rate * (files + 1))}
+    for name, (merged, rows) in expected.items():
+        result = runs[name]["result"]
+        if (result["files_merged"], result["rows"]) != (merged, rows) or result["left"]:
+            raise RuntimeError(
+                f"the compactor's {name} run merged {result['files_merged']} files into {result['rows']:,} "
+                f"rows (expected {merged} into {rows:,}) and left {len(result['left'])} unmerged: the bucket "
+                "held more than the day built here (another run's objects in this process's moto?)"
+            )
 
 
 def relimit(report: dict[str, Any], limits: dict[str, Any]) -> dict[str, Any]:

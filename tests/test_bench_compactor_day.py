@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bench import compactor_day
+from bench import run as bench_run
 from tests.compactor_support import output_name
 from tests.conftest import load_lambda
 
@@ -80,3 +81,27 @@ def test_a_tiny_run_compacts_the_day_in_a_child_and_reports_each_figure_next_to_
     table = compactor_day.render(report)
     assert "memory (VmHWM)" in table
     assert "ephemeral storage, /tmp" in table
+
+
+@pytest.mark.integration
+def test_a_day_holding_more_than_the_files_built_stops_the_measurement(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # GIVEN moto already holds, in this process, the bucket with a dirty-day marker for the day (as after
+    # make bench's transformer runs): moto keeps objects per process, whatever the server
+    monkeypatch.setattr(compactor_day, "OUT", tmp_path)
+    marker = b'{"token": "t", "reason": "test", "source_key": null, "drop_unclaimed": false}'
+    with bench_run.moto_server() as endpoint:
+        s3 = bench_run.s3_for(endpoint)
+        s3.create_bucket(Bucket=bench_run.BUCKET)
+        s3.put_object(
+            Bucket=bench_run.BUCKET, Key="state/compaction/dirty/year=2026/month=11/day=25.json", Body=marker
+        )
+
+        # WHEN the compactor's day is measured here THEN it refuses figures of other work
+        with pytest.raises(
+            RuntimeError, match=r"merged 0 files into 0 rows \(expected 3 into 150\) and left 3"
+        ):
+            compactor_day.measure(
+                rate=50, files=3, seed=2, s3_mib_per_s=50.0, request_ms=20.0, part_rows=1_000
+            )
