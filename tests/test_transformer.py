@@ -21,6 +21,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from botocore.awsrequest import AWSResponse
 from botocore.compat import HTTPHeaders
 
@@ -877,6 +879,29 @@ def test_seen_ids_find_repeats_within_and_across_blocks():
         seen.split(pa.array([f"n{random.random()}" for _ in range(50)]))
     assert seen.split(pa.array(["c", "d", "b"])).tolist() == [True, False, True]
     assert len(seen) == 3 + 40 * 50 + 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.sampled_from([f"t{i}" for i in range(40)]), max_size=30), max_size=25))
+def test_seen_ids_agree_with_a_set_even_when_first_hashes_collide(blocks):
+    # The first hash is cut to 2 bits, so most ids share it with others: the runs, their merges and the
+    # second-hash confirmation must still give exactly what a set of the strings gives.
+    real = tr.fingerprints
+
+    def colliding(strings: pa.Array) -> tuple[Any, Any]:
+        h1, h2 = real(strings)
+        return h1 % 4, h2
+
+    seen, expected = tr.SeenIds(), set[str]()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tr, "fingerprints", colliding)
+        for block in blocks:
+            want = []
+            for value in block:
+                want.append(value in expected)
+                expected.add(value)
+            assert seen.split(pa.array(block, pa.string())).tolist() == want
+    assert len(seen) == len(expected)
 
 
 def test_a_big_object_in_many_blocks_finds_repeats_across_them(s3, monkeypatch):
