@@ -21,10 +21,10 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from botocore.awsrequest import AWSResponse
 from botocore.compat import HTTPHeaders
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import BUCKET, ROOT, load_event, load_lambda
 
