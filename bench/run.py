@@ -8,7 +8,7 @@ Each measured run is a fresh child process (bench/_child.py) that reports its ow
 RSS (VmHWM); the parent adds the whole process's CPU from wait4 and the peak of its fresh TMPDIR. Runs
 said to be on one core are pinned with `taskset -c 0`. docs/performance.md explains each figure.
 
-    .venv/bin/python -m bench.run                 # everything (about 14 minutes on 2 shared cores)
+    .venv/bin/python -m bench.run                 # everything (about 16 minutes on 2 shared cores)
     .venv/bin/python -m bench.run --quick         # a smoke run of every section (figures not meaningful)
     .venv/bin/python -m bench.run --loop          # only the reliability loop (50 runs of each file)
     .venv/bin/python -m bench.run --only mechanisms --mechanisms seen_ids   # one mechanism's gain
@@ -709,7 +709,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.repeat = 1
         args.runs = min(args.runs, 3)
     if args.sizes is None:
-        args.sizes = sorted({50_000, args.rate} if args.quick else {args.rate, 1_000_000, 3_000_000})
+        full = {args.rate, 1_000_000, 3_000_000, 7_000_000}
+        args.sizes = sorted({50_000, args.rate} if args.quick else full)
     return args
 
 

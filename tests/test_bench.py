@@ -223,7 +223,7 @@ def test_by_default_every_section_runs_and_the_sizes_include_the_generators_maxi
     args = bench_run.parse_args([])
 
     assert args.only == set(bench_run.SECTIONS)
-    assert args.sizes == [100_000, 1_000_000, 3_000_000]
+    assert args.sizes == [100_000, 1_000_000, 3_000_000, 7_000_000]
     assert (args.records, args.repeat, args.runs, args.rate) == (1_000_000, 3, 50, 100_000)
 
 

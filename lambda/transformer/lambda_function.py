@@ -12,7 +12,7 @@ property-based test (tests/test_transformer_paths.py) checks that on generated, 
 The mechanisms, each with what it bought when measured (`make bench ARGS="--only mechanisms"`: min of
 several runs on one core against the same code with the mechanism switched off; docs/performance.md):
 - Blocks of about 8 MiB of whole lines: a file is never held whole. Memory still grows by 16 bytes a
-  record for the duplicate check (below): 205 MiB peak at 1M records, 287 MiB at 3M.
+  record for the duplicate check (below): a cold invocation peaks at 209 MiB on 1M records, 409 MiB on 7M.
 - The fast path: pyarrow's JSON reader told the contract's nine fields and their types, and to fail on any
   other field; numpy for the rules. 8.3x less CPU than the exact path alone on 1M clean records.
 - Line routing: in a block pyarrow cannot read, a regular expression picks the lines shaped like a clean
