@@ -16,7 +16,7 @@ help:
 	@echo "make test          - lint, type-check and run every test (creates .venv and .venv-tools)"
 	@echo "make demo          - run the whole pipeline locally on an embedded S3; output in local/out/ (creates .venv)"
 	@echo "make bench         - performance figures, docs/performance.md (ARGS=--quick: smoke run; ARGS=--loop: the 50-run loop)"
-	@echo "make fuzz          - the transformer's differential test with 40x the examples (SCALE=...; ~15 min)"
+	@echo "make fuzz          - the transformer's differential test with 40x the examples (SCALE=...; ~9 min)"
 	@echo "make cost          - the monthly AWS bill, priced from a simulated day of the real handlers (creates .venv)"
 	@echo "make images        - redraw the committed pictures in images/ (the diagram needs graphviz: apt-get as root)"
 	@echo "make console-files - the console path's files filled in, in build/console/:"

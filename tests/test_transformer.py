@@ -904,6 +904,31 @@ def test_seen_ids_agree_with_a_set_even_when_first_hashes_collide(blocks):
     assert len(seen) == len(expected)
 
 
+def test_a_file_whose_blocks_start_with_null_lands_its_good_rows(s3, monkeypatch):
+    # GIVEN a file in blocks of about 50 lines, every other line the JSON value null, so that blocks start
+    # with it (pyarrow 24's reader crashes the process on such a block: every retry would fail)
+    monkeypatch.setattr(tr, "BLOCK_BYTES", 16_000)
+    monkeypatch.setattr(tr, "_chunks", lambda body: body.iter_chunks(4096))
+    starts: list[bytes] = []
+    real = tr.validate_block
+
+    def validate_block(block: bytes, *args: Any) -> Any:
+        starts.append(block[:8])
+        return real(block, *args)
+
+    monkeypatch.setattr(tr, "validate_block", validate_block)
+    lines = good_lines(300, seed=8)
+    for index in range(0, 600, 2):
+        lines.insert(index, "null" + " " * 400)  # long enough to be where a block is cut
+    # WHEN it is transformed
+    result = run(s3, RAW_KEY, "\n".join(lines))
+    # THEN every null line is quarantined and every record is written
+    assert sum(start.startswith(b"null") for start in starts) >= 2
+    assert result["processed"][0]["fast_blocks"] >= len(starts) - 1  # all but a short last block
+    assert [e["reason"] for e in quarantined(s3)] == ["not_an_object"] * 300
+    assert sum(t.num_rows for t in processed(s3).values()) == 300
+
+
 def test_a_big_object_in_many_blocks_finds_repeats_across_them(s3, monkeypatch):
     # GIVEN an object processed in a working directory, in many blocks
     monkeypatch.setattr(tr, "IN_MEMORY_BYTES", 1000)
