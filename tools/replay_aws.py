@@ -44,7 +44,6 @@ POLICY_FILE = "infra/iam/operator-replay-policy.json"
 # requests; if the tool dies inside it, the transformer breaks the lock once it has expired.
 LOCK_TTL = timedelta(minutes=5)
 
-_DAY_RE = re.compile(r"(?:^|/)year=([0-9]{4})/month=([0-9]{2})/day=([0-9]{2})/")
 _COMPACTED_RE = re.compile(r"compacted-[0-9]{8}(?:-p[0-9]{2,})?\.parquet")
 _HASHED_NAME_RE = re.compile(r"-([0-9a-f]{12})\.(?:parquet|jsonl)$")
 
@@ -135,14 +134,9 @@ def old_stem(raw_key: str) -> str:
 
 
 def day_of(key: str) -> date | None:
-    """The year=/month=/day= date in a key, when it has one and it is a real date."""
-    match = _DAY_RE.search(key)
-    if not match:
-        return None
-    try:
-        return date(int(match[1]), int(match[2]), int(match[3]))
-    except ValueError:
-        return None
+    """The year=/month=/day= date in a key, when it has one and it is a real date (the transformer's rule)."""
+    day: date | None = _transformer.partition_day(key)
+    return day
 
 
 def day_prefix(prefix: str, day: date) -> str:

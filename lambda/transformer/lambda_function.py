@@ -308,14 +308,21 @@ class OutputPlan:
         return f"{QUARANTINE_PREFIX}{_partition(self.quarantine_date)}/{self.name}.jsonl"
 
 
+def partition_day(key: str) -> date | None:
+    """The date of a key's year=/month=/day= partition, when it has one and it is a real date."""
+    match = _PARTITION_RE.search(key)
+    if not match:
+        return None
+    try:
+        return date(int(match[1]), int(match[2]), int(match[3]))
+    except ValueError:
+        return None
+
+
 def plan_outputs(raw_key: str, last_modified: datetime) -> OutputPlan:
     """The quarantine date is the raw key's year=/month=/day=, else the object's LastModified UTC date:
     never the processing date, so a retry on another day writes the same key."""
-    quarantine_date = last_modified.astimezone(UTC).date()
-    match = _PARTITION_RE.search(raw_key)
-    if match:
-        with contextlib.suppress(ValueError):
-            quarantine_date = date(int(match[1]), int(match[2]), int(match[3]))
+    quarantine_date = partition_day(raw_key) or last_modified.astimezone(UTC).date()
     return OutputPlan(name=output_name(raw_key), quarantine_date=quarantine_date)
 
 
@@ -1648,16 +1655,6 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _day_of(key: str) -> date | None:
-    match = _PARTITION_RE.search(key)
-    if not match:
-        return None
-    try:
-        return date(int(match[1]), int(match[2]), int(match[3]))
-    except ValueError:
-        return None
-
-
 def process_object(
     s3: S3Client,
     obj: S3Object,
@@ -1802,7 +1799,8 @@ class _Job:
                 return None
             stale = sorted(set(previous.outputs) - set(files))
             dirty = {day for day in result.processed_files if day < now.date()}
-            dirty |= {day for key in stale if key.startswith(PROCESSED_PREFIX) and (day := _day_of(key))}
+            stale_days = (partition_day(key) for key in stale if key.startswith(PROCESSED_PREFIX))
+            dirty |= {day for day in stale_days if day}
             for day in sorted(dirty):  # before the change it announces (the compactor's rule)
                 _mark_dirty(self.s3, self.bucket, day, self.obj.key)
             for key, (output, content_type) in sorted(files.items()):
