@@ -36,7 +36,6 @@ import argparse
 import contextlib
 import io
 import logging
-import os
 import shutil
 import sys
 import textwrap
@@ -47,6 +46,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from local.lambdas import handler_environment
 from local.pipeline import HandlerError, RunSummary, Window, last_midnight
 from local.server import PortError
 
@@ -184,28 +184,6 @@ def prepare_out(out: Path) -> None:
         raise DemoError(
             f"cannot write to output folder {out}: {e.strerror or e}; choose another with --out"
         ) from e
-
-
-@contextlib.contextmanager
-def handler_environment(values: dict[str, str], handlers: Sequence[ModuleType]) -> Iterator[None]:
-    """Set the handlers' environment (as Lambda would), and put the previous one back afterwards."""
-    removed = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
-    saved = {k: os.environ.get(k) for k in (*values, *removed)}
-    for key in removed:
-        os.environ.pop(key, None)
-    os.environ.update(values)
-    for handler in handlers:
-        handler.s3_client.cache_clear()  # a client made earlier points elsewhere
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        for handler in handlers:
-            handler.s3_client.cache_clear()
 
 
 @contextlib.contextmanager

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 import sys
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -30,3 +33,25 @@ def load_lambda(name: str, path: Path | None = None) -> ModuleType:
     sys.modules[module_name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@contextlib.contextmanager
+def handler_environment(values: Mapping[str, str], handlers: Sequence[ModuleType]) -> Iterator[None]:
+    """Set the handlers' environment (as Lambda would), and put the previous one back afterwards."""
+    removed = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+    saved = {k: os.environ.get(k) for k in (*values, *removed)}
+    for key in removed:
+        os.environ.pop(key, None)
+    os.environ.update(values)
+    for handler in handlers:
+        handler.s3_client.cache_clear()  # a client made earlier points elsewhere
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        for handler in handlers:
+            handler.s3_client.cache_clear()

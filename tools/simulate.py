@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 
 from local.events import s3_put_event, scheduled_event
+from local.lambdas import handler_environment
 from tools import athena_scan, metering
 from tools.stack import FUNCTIONS, ROOT, Stack
 
@@ -92,20 +93,6 @@ def _aws_environment(endpoint: str) -> dict[str, str]:
         "AWS_DEFAULT_REGION": REGION,
         "AWS_EC2_METADATA_DISABLED": "true",
     }
-
-
-@contextlib.contextmanager
-def environment(values: Mapping[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, old in saved.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
 
 
 @contextlib.contextmanager
@@ -427,7 +414,10 @@ def simulate_day(
     for function in ("generator", "compactor"):
         env.update({k: v for k, v in stack.environment[function].items() if k != "BUCKET_NAME"})
     env["TRANSACTIONS_PER_RUN"] = str(rate)
-    with environment(env), counted_clients(run.counter, list(handlers.values())):
+    with (
+        handler_environment(env, list(handlers.values())),
+        counted_clients(run.counter, list(handlers.values())),
+    ):
         for handler in handlers.values():
             handler.s3_client()  # made on first use; INIT includes it (measure_init)
         functions = _run_ticks(run, setup, handlers, stack, sample)
